@@ -1,0 +1,55 @@
+"""Decentralized SGD (D-PSGD, arXiv 1705.09056) with tau local steps per round.
+
+adapt-then-combine (ATC):  X <- W (X - eta G(X))
+combine-then-adapt (CTA):  X <- W X - eta G(X)
+With tau > 1 the adapt part is tau local optax steps. The local optimizer is any
+optax transformation (momentum, Adam and weight decay need no new algorithm).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from workbench.algorithms.base import Algorithm, LossFn, PyTree, local_steps
+
+
+class DSGDState(NamedTuple):
+    params: PyTree  # leaves (...) per peer; (n, ...) once stacked
+    opt_state: PyTree  # the local optimizer's state, same stacking
+    update: PyTree  # CTA only: pending local update x_adapted - x; zeros for ATC
+    loss: jax.Array  # () mean training loss of the last local steps
+
+
+def dsgd(
+    loss_fn: LossFn,
+    local_opt: optax.GradientTransformation,
+    order: Literal["atc", "cta"] = "atc",
+) -> Algorithm:
+    """D-SGD; ``order`` picks adapt-then-combine or combine-then-adapt."""
+
+    def init(params, key):
+        del key
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return DSGDState(params, local_opt.init(params), zeros, jnp.zeros(()))
+
+    def local(state, batches, key):
+        del key
+        params, opt_state, loss = local_steps(
+            loss_fn, local_opt, state.params, state.opt_state, batches
+        )
+        if order == "atc":
+            return state._replace(params=params, opt_state=opt_state, loss=loss), params
+        update = jax.tree.map(jnp.subtract, params, state.params)
+        new = state._replace(opt_state=opt_state, update=update, loss=loss)
+        return new, state.params
+
+    def combine(state, inbox):
+        if order == "atc":
+            return state._replace(params=inbox)
+        return state._replace(params=jax.tree.map(jnp.add, inbox, state.update))
+
+    return Algorithm(init, local, combine, exchange="average")

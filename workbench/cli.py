@@ -1,0 +1,106 @@
+"""Command line: ``workbench simulate | topology describe | data fetch``.
+
+Thin by design: parse, load the scenario, call the runner. User mistakes print
+one line on stderr and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from workbench.errors import WorkbenchError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        self.exit(2, f"workbench: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="workbench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    s = sub.add_parser("simulate", help="run a scenario in simulation")
+    s.add_argument("scenario", nargs="?", help="scenario YAML file")
+    s.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario key (repeatable)",
+    )
+    s.add_argument("--out", help="run directory (default runs/<name>/<timestamp>)")
+    s.add_argument(
+        "--data-dir",
+        help="dataset directory (default $WORKBENCH_DATA or the user cache dir)",
+    )
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    t = sub.add_parser("topology", help="topology tools")
+    t.add_argument("action", choices=["describe"])
+    t.add_argument("rest", nargs=argparse.REMAINDER)
+    d = sub.add_parser("data", help="dataset tools")
+    d.add_argument("action", choices=["fetch"])
+    d.add_argument("name", help="dataset name, e.g. cifar10, mnist, fashion_mnist")
+    d.add_argument("--data-dir", help="where to put the files")
+    return p
+
+
+def _simulate(args) -> int:
+    from workbench.runner import run
+
+    if bool(args.scenario) == bool(args.resume):
+        raise WorkbenchError("give either a SCENARIO file or --resume RUN_DIR")
+    if args.resume and args.overrides:
+        raise WorkbenchError("--set cannot change a resumed run; start a new one")
+    run_dir, summary = run(
+        args.scenario,
+        args.overrides,
+        out=args.out,
+        data_dir=args.data_dir,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    acc = summary["final_mean_test_accuracy"]
+    print(
+        f"run directory: {run_dir}\nfinal mean test accuracy {acc:.4f}, "
+        f"{summary['peer_steps_per_second']:,.0f} peer-steps/s, "
+        f"wall {summary['wall_seconds']:.1f} s (compile "
+        f"{summary['compile_seconds']:.1f} s)"
+    )
+    return 0
+
+
+def _topology(args) -> int:
+    from workbench.topology.cli import describe
+
+    return describe(args.rest)
+
+
+def _data(args) -> int:
+    from workbench.data import resolve_data_dir
+    from workbench.data.fetch import fetch
+
+    for path in fetch(args.name, resolve_data_dir(args.data_dir)):
+        print(path)
+    return 0
+
+
+COMMANDS = {"simulate": _simulate, "topology": _topology, "data": _data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except WorkbenchError as e:
+        print(f"workbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("workbench: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

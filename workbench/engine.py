@@ -1,0 +1,144 @@
+"""The engine: builds a simulation from a scenario and runs it in jitted chunks.
+
+Python runs only between chunks (evaluation, logging, checkpoint, progress);
+each chunk is ``eval_every`` rounds under one ``lax.scan``. See rounds.py for
+the jitted core and results.py for the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.algorithms import ALGORITHMS
+from workbench.data import load_federated
+from workbench.execution import default_strategy, lift
+from workbench.models import build_model, init_params
+from workbench.objective import make_loss
+from workbench.optim import make_optimizer
+from workbench.rounds import EvalData, PeerData, RoundSpec, make_chunk, make_eval
+from workbench.scenario import algorithm_parts
+from workbench.topology import build_topology
+
+EVAL_BATCH = 128
+EVAL_TRAIN_PER_PEER = 512
+
+
+@dataclasses.dataclass
+class Simulation:
+    """Everything a run needs, built once; arrays already on the device."""
+
+    scenario: Any
+    spec: RoundSpec
+    topology: Any
+    chunk: Any  # jitted (state, data, topo_data, weights, start, length) -> ...
+    evaluate: Any  # jitted (params, EvalData) -> Evaluation
+    state: Any  # stacked algorithm state, leaves (n, ...)
+    data: PeerData
+    eval_data: EvalData
+    weights: jax.Array  # (n,) server aggregation weights
+    num_params: int
+    strategy: tuple[str, int | None]
+
+    @property
+    def model_bytes(self) -> int:
+        return 4 * self.num_params
+
+
+def resolve_strategy(execution, num_peers: int) -> tuple[str, int | None]:
+    if execution.strategy == "auto":
+        return default_strategy(jax.default_backend(), num_peers)
+    return execution.strategy, execution.peers_per_chunk
+
+
+def build(scenario, data_dir: str | None = None) -> Simulation:
+    """Loads data, model, topology and algorithm; initialises the stacked state."""
+    sc, n = scenario, scenario.peers
+    fed = load_federated(sc.data, n, sc.seed, data_dir)
+    model = build_model(dict(sc.model), fed.num_classes, fed.input_shape)
+    name, alg_kwargs, opt_cfg = algorithm_parts(sc)
+    l2 = opt_cfg.pop("l2", 0.0)
+    steps = alg_kwargs.get("local_steps", 1)
+    local_opt = make_optimizer(**opt_cfg, total_steps=sc.rounds * steps)
+    loss_fn = make_loss(model.apply, l2)
+    algorithm = ALGORITHMS.build(
+        {"name": name, **alg_kwargs}, "algorithm", loss_fn=loss_fn, local_opt=local_opt
+    )
+    topology = build_topology(dict(sc.topology), n, sc.seed)
+    strategy = resolve_strategy(sc.execution, n)
+    lifted = lambda fn: lift(fn, *strategy)
+    fraction = alg_kwargs.get("client_fraction", 1.0)
+    spec = RoundSpec(
+        algorithm,
+        topology.at,
+        lifted,
+        n,
+        steps,
+        sc.data.batch_size,
+        participants=max(1, round(fraction * n)),
+    )
+    params = init_params(model, fed.input_shape, jax.random.key(sc.seed))
+    stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
+    keys = jax.random.split(jax.random.key(sc.seed + 1), n)
+    state = jax.jit(jax.vmap(algorithm.init))(stacked, keys)
+    sizes = fed.train.size.astype(np.float32)
+    weighting = alg_kwargs.get("weighting", "uniform")
+    weights = sizes if weighting == "data_size" else np.ones_like(sizes)
+    return Simulation(
+        scenario=sc,
+        spec=spec,
+        topology=topology,
+        chunk=make_chunk(spec, sc.seed),
+        evaluate=make_eval(model.apply, lifted, EVAL_BATCH),
+        state=state,
+        data=_device(PeerData(*fed.train)),
+        eval_data=_eval_data(fed),
+        weights=jnp.asarray(weights),
+        num_params=_count(params),
+        strategy=strategy,
+    )
+
+
+def _count(params) -> int:
+    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+def _device(tree):
+    return jax.tree.map(jnp.asarray, tree)
+
+
+def _pad_to(a: np.ndarray, axis: int, multiple: int) -> np.ndarray:
+    size = a.shape[axis]
+    target = max(multiple, math.ceil(size / multiple) * multiple)
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, target - size)
+    return np.pad(a, widths)
+
+
+def _eval_data(fed) -> EvalData:
+    cap = min(fed.train.x.shape[1], EVAL_TRAIN_PER_PEER)
+    train = PeerData(
+        _pad_to(fed.train.x[:, :cap], 1, EVAL_BATCH),
+        _pad_to(fed.train.y[:, :cap], 1, EVAL_BATCH),
+        np.minimum(fed.train.size, cap),
+    )
+    val = PeerData(
+        _pad_to(fed.val.x, 1, EVAL_BATCH),
+        _pad_to(fed.val.y, 1, EVAL_BATCH),
+        fed.val.size,
+    )
+    m = fed.test_y.shape[0]
+    return _device(
+        EvalData(
+            train,
+            val,
+            _pad_to(fed.test_x, 0, EVAL_BATCH),
+            _pad_to(fed.test_y, 0, EVAL_BATCH),
+            _pad_to(np.ones(m, np.float32), 0, EVAL_BATCH),
+        )
+    )

@@ -1,0 +1,90 @@
+"""Local optimizers and learning-rate schedules from the scenario, as optax chains.
+
+``algorithm.optimizer`` names an OPTIMIZERS entry, ``algorithm.schedule`` a
+SCHEDULES entry; weight decay (decoupled) and global-norm clipping are chained
+in front. The L2 term ``l2/2 ||p||^2`` belongs to the loss (workbench.objective).
+"""
+
+from __future__ import annotations
+
+import optax
+
+from workbench.registry import Registry
+
+SCHEDULES = Registry("schedule", context=("lr", "total_steps"))
+OPTIMIZERS = Registry("optimizer", context=("learning_rate", "momentum", "nesterov"))
+
+
+@SCHEDULES.register("constant")
+def constant(lr: float, total_steps: int) -> optax.Schedule:
+    del total_steps
+    return optax.constant_schedule(lr)
+
+
+@SCHEDULES.register("cosine")
+def cosine(lr: float, total_steps: int, *, alpha: float = 0.0) -> optax.Schedule:
+    return optax.cosine_decay_schedule(lr, max(total_steps, 1), alpha=alpha)
+
+
+@SCHEDULES.register("warmup_cosine")
+def warmup_cosine(
+    lr: float, total_steps: int, *, warmup_steps: int = 100, end_value: float = 0.0
+) -> optax.Schedule:
+    return optax.warmup_cosine_decay_schedule(
+        0.0, lr, warmup_steps, max(total_steps, warmup_steps + 1), end_value
+    )
+
+
+@SCHEDULES.register("step")
+def step(
+    lr: float, total_steps: int, *, boundaries: list[int], factor: float = 0.1
+) -> optax.Schedule:
+    del total_steps
+    return optax.piecewise_constant_schedule(lr, {int(b): factor for b in boundaries})
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(learning_rate, momentum: float, nesterov: bool):
+    return optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
+
+
+@OPTIMIZERS.register("momentum")
+def momentum_sgd(learning_rate, momentum: float, nesterov: bool):
+    return optax.sgd(learning_rate, momentum=momentum or 0.9, nesterov=nesterov)
+
+
+@OPTIMIZERS.register("adam")
+def adam(learning_rate, momentum: float, nesterov: bool):
+    del nesterov
+    return optax.adam(learning_rate, b1=momentum or 0.9)
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(learning_rate, momentum: float, nesterov: bool):
+    del nesterov
+    return optax.adamw(learning_rate, b1=momentum or 0.9, weight_decay=0.0)
+
+
+def make_optimizer(
+    name: str = "sgd",
+    *,
+    lr: float = 0.1,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    clip: float | None = None,
+    schedule: dict | None = None,
+    total_steps: int = 1,
+) -> optax.GradientTransformation:
+    """The local optimizer: clip -> decoupled weight decay -> base(schedule)."""
+    schedule = dict(schedule or {"name": "constant"})
+    lr_fn = SCHEDULES.build(
+        schedule, "algorithm.schedule", lr=lr, total_steps=total_steps
+    )
+    base = OPTIMIZERS.lookup(name, "algorithm.optimizer")(lr_fn, momentum, nesterov)
+    parts = []
+    if clip:
+        parts.append(optax.clip_by_global_norm(clip))
+    if weight_decay:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    return optax.chain(*parts, base) if parts else base
