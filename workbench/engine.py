@@ -61,11 +61,12 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
     sc, n = scenario, scenario.peers
     fed = load_federated(sc.data, n, sc.seed, data_dir)
     model = build_model(dict(sc.model), fed.num_classes, fed.input_shape)
+    apply_fn = lambda params, x: model.apply({"params": params}, x)
     name, alg_kwargs, opt_cfg = algorithm_parts(sc)
     l2 = opt_cfg.pop("l2", 0.0)
     steps = alg_kwargs.get("local_steps", 1)
     local_opt = make_optimizer(**opt_cfg, total_steps=sc.rounds * steps)
-    loss_fn = make_loss(model.apply, l2)
+    loss_fn = make_loss(apply_fn, l2)
     algorithm = ALGORITHMS.build(
         {"name": name, **alg_kwargs}, "algorithm", loss_fn=loss_fn, local_opt=local_opt
     )
@@ -94,7 +95,7 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         spec=spec,
         topology=topology,
         chunk=make_chunk(spec, sc.seed),
-        evaluate=make_eval(model.apply, lifted, EVAL_BATCH),
+        evaluate=make_eval(apply_fn, lifted, EVAL_BATCH),
         state=state,
         data=_device(PeerData(*fed.train)),
         eval_data=_eval_data(fed),
