@@ -141,7 +141,7 @@ def make_eval(apply_fn: Callable, lift: Callable, batch_size: int) -> Callable:
             apply_fn, mean, data.test_x, data.test_y, data.test_mask, batch_size
         )
         leaves = zip(jax.tree.leaves(params), jax.tree.leaves(mean), strict=True)
-        consensus = sum(jnp.sum((p - m) ** 2) for p, m in leaves) / n
+        consensus = sum(jnp.sum((p - m[None]) ** 2) for p, m in leaves) / n
         finite = jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
         )

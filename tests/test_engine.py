@@ -1,0 +1,131 @@
+"""End-to-end runs on tiny scenarios: CLI, run directory, resume, divergence."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+import workbench.runner as runner
+from workbench.cli import main
+from workbench.errors import DivergenceError
+
+TINY = {
+    "name": "tiny", "seed": 1, "peers": 4, "rounds": 6, "eval_every": 2,
+    "data": {"name": "digits", "batch_size": 8},
+    "model": {"name": "mlp", "hidden": [16]},
+    "topology": {"name": "ring"},
+    "algorithm": {"name": "dsgd", "lr": 0.05, "momentum": 0.9},
+}
+
+
+def write_scenario(tmp_path, **changes):
+    sc = {**TINY, **changes}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(sc))
+    return path
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_quickstart_few_rounds(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["simulate", "scenarios/quickstart.yaml", "--set", "rounds=4",
+                 "--set", "eval_every=2", "--out", str(out), "--quiet"])
+    assert code == 0
+    assert "final mean test accuracy" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("rounds", "final_mean_test_accuracy", "final_min_test_accuracy",
+                "wall_seconds", "compile_seconds", "peer_steps_per_second", "rho"):
+        assert summary[key] is not None, key
+    assert summary["rounds"] == 4
+    assert summary["rho"] == pytest.approx(1 / 3 + 2 / 3 * np.cos(2 * np.pi / 16),
+                                           abs=1e-6)
+    metrics = rows(out / "metrics.csv")
+    assert [int(r["round"]) for r in metrics] == [2, 4]
+    assert len(rows(out / "peers.csv")) == 2 * 16
+    # every peer sends its 64-16... MLP to 2 neighbours per round
+    n_params = summary["num_params"]
+    assert float(metrics[-1]["bytes_sent_total"]) == 4 * 16 * 2 * 4 * n_params
+    resolved = yaml.safe_load((out / "scenario.yaml").read_text())
+    assert resolved["rounds"] == 4 and resolved["peers"] == 16
+
+
+def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    path = write_scenario(tmp_path)
+    full_dir, _ = runner.run(str(path), [], out=str(tmp_path / "full"), progress=False)
+
+    real_save = runner.save_checkpoint
+
+    def killed_after_round_4(run_dir, round_, payload, keep):
+        real_save(run_dir, round_, payload, keep)
+        if round_ == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "save_checkpoint", killed_after_round_4)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(str(path), [], out=str(tmp_path / "cut"), progress=False)
+    assert [int(r["round"]) for r in rows(tmp_path / "cut" / "metrics.csv")] == [2, 4]
+    monkeypatch.setattr(runner, "save_checkpoint", real_save)
+    runner.run(None, [], resume=str(tmp_path / "cut"), progress=False)
+
+    full, cut = rows(full_dir / "metrics.csv"), rows(tmp_path / "cut" / "metrics.csv")
+    assert [r["round"] for r in cut] == ["2", "4", "6"]
+    for a, b in zip(full, cut, strict=True):
+        for key in ("test_acc_mean", "test_loss_mean", "consensus_distance",
+                    "bytes_sent_total", "averaged_model_acc"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6), key
+    peers_full = rows(full_dir / "peers.csv")
+    peers_cut = rows(tmp_path / "cut" / "peers.csv")
+    assert len(peers_cut) == len(peers_full)
+    assert [p["test_loss"] for p in peers_cut] == [p["test_loss"] for p in peers_full]
+
+
+def test_divergence_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
+    path = write_scenario(tmp_path, algorithm={
+        "name": "dsgd", "lr": 0.05,
+        "schedule": {"name": "step", "boundaries": [4], "factor": 1e30}})
+    with pytest.raises(DivergenceError, match="diverged .* rounds 4-6"):
+        runner.run(str(path), [], out=str(tmp_path / "run"), progress=False)
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ckpts[-1] == "round_00000004.msgpack"
+    assert [r["round"] for r in rows(tmp_path / "run" / "metrics.csv")] == ["2", "4"]
+
+
+def test_divergence_through_cli_is_one_line(tmp_path, capsys):
+    path = write_scenario(tmp_path, algorithm={"name": "dsgd", "lr": 1e30})
+    code = main(["simulate", str(path), "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "diverged" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["simulate", "missing.yaml"], "missing.yaml"),
+    (["simulate", "scenarios/quickstart.yaml", "--set", "rounds=zero"], "rounds"),
+    (["simulate", "scenarios/quickstart.yaml", "--set", "topology.name=rign"],
+     "did you mean 'ring'"),
+    (["simulate", "scenarios/quickstart.yaml", "--bogus"], "--bogus"),
+    (["simulate"], "SCENARIO"),
+    (["simulate", "--resume", "/nonexistent/run"], "scenario.yaml"),
+])
+def test_cli_errors_are_one_line(argv, fragment, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert fragment in err and len(err.splitlines()) == 1, err
+
+
+def test_tensorboard_scalars_written(tmp_path):
+    path = write_scenario(tmp_path, rounds=2, output={"tensorboard": True})
+    run_dir, summary = runner.run(str(path), [], out=str(tmp_path / "tb"),
+                                  progress=False)
+    events = list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert summary["rounds"] == 2
