@@ -129,3 +129,26 @@ def test_tensorboard_scalars_written(tmp_path):
     events = list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert summary["rounds"] == 2
+
+
+def test_cifar_ring_runs_on_tiny_cifar_directory(tmp_path, capsys):
+    from tests.test_data import write_cifar
+
+    write_cifar(tmp_path / "data", rows=40)
+    out = tmp_path / "run"
+    code = main(["simulate", "scenarios/cifar_ring.yaml", "--set", "rounds=2",
+                 "--set", "eval_every=1", "--set", "data.partition.min_size=2",
+                 "--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["num_peers"] == 16
+    assert 0.0 <= summary["final_mean_test_accuracy"] <= 1.0
+    assert len(rows(out / "peers.csv")) == 2 * 16
+
+
+def test_missing_cifar_files_is_one_line(tmp_path, capsys):
+    code = main(["simulate", "scenarios/cifar_ring.yaml", "--data-dir",
+                 str(tmp_path), "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "cifar-10-batches-py" in err and "workbench data fetch cifar10" in err

@@ -7,6 +7,7 @@ one line on stderr and exit with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from workbench.errors import WorkbenchError
@@ -50,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 def _simulate(args) -> int:
     from workbench.runner import run
 
+    if os.getcwd() not in sys.path:  # `model: {module: mynets:Net}` from the cwd
+        sys.path.insert(0, os.getcwd())
     if bool(args.scenario) == bool(args.resume):
         raise WorkbenchError("give either a SCENARIO file or --resume RUN_DIR")
     if args.resume and args.overrides:

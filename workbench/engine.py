@@ -21,7 +21,14 @@ from workbench.execution import default_strategy, lift
 from workbench.models import build_model, init_params
 from workbench.objective import make_loss
 from workbench.optim import make_optimizer
-from workbench.rounds import EvalData, PeerData, RoundSpec, make_chunk, make_eval
+from workbench.rounds import (
+    EvalData,
+    PeerData,
+    RoundSpec,
+    make_chunk,
+    make_eval,
+    root_key,
+)
 from workbench.scenario import algorithm_parts
 from workbench.topology import build_topology
 
@@ -83,9 +90,9 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         sc.data.batch_size,
         participants=max(1, round(fraction * n)),
     )
-    params = init_params(model, fed.input_shape, jax.random.key(sc.seed))
+    params = init_params(model, fed.input_shape, root_key(sc.seed))
     stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
-    keys = jax.random.split(jax.random.key(sc.seed + 1), n)
+    keys = jax.random.split(root_key(sc.seed + 1), n)
     state = jax.jit(jax.vmap(algorithm.init))(stacked, keys)
     sizes = fed.train.size.astype(np.float32)
     weighting = alg_kwargs.get("weighting", "uniform")

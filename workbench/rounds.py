@@ -48,8 +48,17 @@ class RoundSpec(NamedTuple):
     participants: int  # peers sampled per round (== num_peers: everyone)
 
 
+# philox compiles ~2x faster than the default threefry on CPU (jax 0.10) and runs
+# faster; every key of the workbench derives from ``root_key``.
+KEY_IMPL = "philox2x32"
+
+
+def root_key(seed: int) -> jax.Array:
+    return jax.random.key(seed, impl=KEY_IMPL)
+
+
 def round_key(seed: int, t, purpose: int):
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), t), purpose)
+    return jax.random.fold_in(jax.random.fold_in(root_key(seed), t), purpose)
 
 
 def sample_batches(key, x, y, size, steps: int, batch_size: int) -> Batch:
