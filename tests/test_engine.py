@@ -152,3 +152,15 @@ def test_missing_cifar_files_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "cifar-10-batches-py" in err and "workbench data fetch cifar10" in err
+
+
+@pytest.mark.parametrize("topology", [
+    {"name": "peer_sampler", "d": 2}, {"name": "one_peer_exponential"},
+    {"name": "random_matching"},
+])
+def test_dynamic_topology_compiles_once_and_learns(tmp_path, topology):
+    path = write_scenario(tmp_path, rounds=6, eval_every=2, topology=topology)
+    _, summary = runner.run(str(path), [], out=str(tmp_path / "r"), progress=False)
+    assert summary["compilations"] == 1
+    losses = [float(r["test_loss_mean"]) for r in rows(tmp_path / "r" / "metrics.csv")]
+    assert losses[-1] < losses[0] < np.log(10) + 0.5

@@ -224,6 +224,7 @@ def simulate(
         "bytes_sent_total": row.get("bytes_sent_total"),
         "wall_seconds": wall0 + time.perf_counter() - t0,
         "compile_seconds": compile_s,
+        "compilations": len(compiled),
         "train_eval_seconds": train_s,
         "peer_steps_per_second": n
         * sim.spec.local_steps
