@@ -1,17 +1,39 @@
-"""Communication: simulated exchange kernels (cluster mode lives in workbench.cluster)."""
+"""Communication: simulated exchange kernels (cluster mode lives in workbench.cluster).
 
+Kernel arrays (``Mean | Dense | Roll | Table | Segment``) hold a mixing matrix
+on the device; ``mix(arrays, tree)`` computes ``W x`` per leaf; ``from_matrix``
+builds arrays from a host W and ``choose_kernel`` picks the fastest kernel.
+"""
+
+from workbench.comm.arrays import KERNEL_NAMES, KernelArrays
+from workbench.comm.host import choose_kernel, circulant_offsets, from_matrix
 from workbench.comm.kernels import (
-    KERNEL_NAMES,
     Dense,
     Mean,
     Roll,
     Segment,
     Table,
-    choose_kernel,
-    from_matrix,
+    can_convert,
+    convert,
     gather,
+    kernel_name,
     mix,
 )
 
-__all__ = ["KERNEL_NAMES", "Dense", "Mean", "Roll", "Segment", "Table",
-           "choose_kernel", "from_matrix", "gather", "mix"]
+__all__ = [
+    "KERNEL_NAMES",
+    "Dense",
+    "KernelArrays",
+    "Mean",
+    "Roll",
+    "Segment",
+    "Table",
+    "can_convert",
+    "choose_kernel",
+    "circulant_offsets",
+    "convert",
+    "from_matrix",
+    "gather",
+    "kernel_name",
+    "mix",
+]

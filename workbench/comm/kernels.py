@@ -1,197 +1,199 @@
 """Simulated mixing kernels: weighted neighbour averages over the peer axis.
 
 Every kernel computes ``out_i = sum_j W_ij x_j`` for a stacked pytree ``x``
-whose leaves have a leading peer axis ``n``. They differ in how ``W`` is held:
+whose leaves have a leading peer axis ``n``. They differ in how ``W`` is held
+(see ``workbench.comm.arrays``):
 
-- ``Mean``:    W = J (complete graph, uniform weights); O(n d).
-- ``Roll``:    circulant W (ring, exponential, one-peer exponential); k rolls.
-- ``Table``:   padded in-neighbour table (bounded degree); k gathers.
-- ``Segment``: padded edge list, gather + ``segment_sum`` (irregular degrees).
+- ``Mean``:    W = J (complete graph, uniform weights); one (1, n) matmul.
+- ``Roll``:    circulant W (ring, exponential, one-peer exponential); k row
+  gathers with scalar weights (shifts may be traced: dynamic graphs).
+- ``Table``:   padded in-neighbour table (bounded degree); k row gathers.
+- ``Segment``: edge list sorted by receiver, gather + ``segment_sum``.
 - ``Dense``:   the n x n matrix; a matmul (small n, dense graphs).
 
-Kernel arrays are pytrees passed as arguments of the jitted step, so a new graph
-of the same kernel and shape never recompiles. ``from_matrix`` builds them from
-a host-side numpy W; ``choose_kernel`` picks one from W's structure.
+All kernels agree with ``Dense`` to rounding (tests/test_comm.py).
+``convert`` turns kernel arrays into another kernel inside jit (for kernel
+overrides on dynamic topologies and for tests against the dense W_t).
+Host-side builders (``from_matrix``, ``choose_kernel``) live in
+``workbench.comm.host`` and are re-exported here.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-Array = jax.Array
+from workbench.comm.arrays import (
+    KERNEL_NAMES,
+    NAME_OF,
+    Array,
+    Dense,
+    KernelArrays,
+    Mean,
+    Roll,
+    Segment,
+    Table,
+    weight_dtype,
+)
+from workbench.comm.host import choose_kernel, circulant_offsets, from_matrix
+
+__all__ = [
+    "KERNEL_NAMES",
+    "NAME_OF",
+    "Dense",
+    "KernelArrays",
+    "Mean",
+    "Roll",
+    "Segment",
+    "Table",
+    "can_convert",
+    "choose_kernel",
+    "circulant_offsets",
+    "convert",
+    "from_matrix",
+    "gather",
+    "kernel_name",
+    "mix",
+]
+
+HIGHEST = jax.lax.Precision.HIGHEST
 
 
-class Mean(NamedTuple):
-    """W = 11^T / n. No arrays."""
-
-
-class Dense(NamedTuple):
-    W: Array  # (n, n) row i holds the weights peer i gives to every peer
-
-
-class Roll(NamedTuple):
-    shifts: Array  # (k,) int32: out_i += weights[s] * x[(i + shifts[s]) % n]
-    weights: Array  # (k,) float32
-
-
-class Table(NamedTuple):
-    idx: Array  # (n, k) int32 in-neighbour indices (padding: own index)
-    weight: Array  # (n, k) float32 weights (padding: 0)
-
-
-class Segment(NamedTuple):
-    senders: Array  # (e,) int32 source peer of each edge (padding: 0)
-    receivers: Array  # (e,) int32 target peer of each edge (padding: 0)
-    weight: Array  # (e,) float32 W[receiver, sender] (padding: 0)
-
-
-KernelArrays = Mean | Dense | Roll | Table | Segment
-
-
-def _bcast(w: Array, x: Array) -> Array:
-    """Reshapes ``w`` (leading axes of x) to broadcast against ``x``."""
+def _col(w: Array, x: Array) -> Array:
+    """Reshapes per-peer weights ``w`` (n,) to broadcast against ``x`` (n, ...)."""
     return w.reshape(w.shape + (1,) * (x.ndim - w.ndim)).astype(x.dtype)
+
+
+def _rows(x: Array, idx: Array) -> Array:
+    return x.at[idx].get(mode="promise_in_bounds", unique_indices=False)
 
 
 def _mean(arrays: Mean, x: Array) -> Array:
     del arrays
-    return jnp.broadcast_to(jnp.mean(x, axis=0, keepdims=True), x.shape)
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    avg = jnp.matmul(jnp.full((1, n), 1.0 / n, x.dtype), flat, precision=HIGHEST)
+    return jnp.broadcast_to(avg, flat.shape).reshape(x.shape)
 
 
 def _dense(arrays: Dense, x: Array) -> Array:
     flat = x.reshape(x.shape[0], -1)
-    return (arrays.W.astype(x.dtype) @ flat).reshape(x.shape)
+    out = jnp.matmul(arrays.W.astype(x.dtype), flat, precision=HIGHEST)
+    return out.reshape(x.shape)
 
 
 def _roll(arrays: Roll, x: Array) -> Array:
+    n = x.shape[0]
+    peers = jnp.arange(n, dtype=jnp.int32)
     out = jnp.zeros_like(x)
     for s in range(arrays.shifts.shape[0]):
-        out = out + arrays.weights[s].astype(x.dtype) * jnp.roll(
-            x, -arrays.shifts[s], axis=0
-        )
+        src = (peers + arrays.shifts[s]) % n
+        out = out + arrays.weights[s].astype(x.dtype) * _rows(x, src)
     return out
 
 
 def _table(arrays: Table, x: Array) -> Array:
     out = jnp.zeros_like(x)
     for c in range(arrays.idx.shape[1]):
-        out = out + _bcast(arrays.weight[:, c], x) * x[arrays.idx[:, c]]
+        out = out + _col(arrays.weight[:, c], x) * _rows(x, arrays.idx[:, c])
     return out
 
 
 def _segment(arrays: Segment, x: Array) -> Array:
-    msgs = _bcast(arrays.weight, x) * x[arrays.senders]
-    return jax.ops.segment_sum(msgs, arrays.receivers, num_segments=x.shape[0])
+    msgs = _col(arrays.weight, x) * _rows(x, arrays.senders)
+    return jax.ops.segment_sum(
+        msgs, arrays.receivers, num_segments=x.shape[0], indices_are_sorted=True
+    )
 
 
 KERNELS = {Mean: _mean, Dense: _dense, Roll: _roll, Table: _table, Segment: _segment}
-KERNEL_NAMES = {"mean": Mean, "dense": Dense, "roll": Roll, "table": Table,
-                "segment": Segment}
 
 
 def mix(arrays: KernelArrays, tree):
-    """Returns ``W x`` for every leaf of the stacked pytree ``tree``."""
+    """Returns ``W x`` for every leaf of the stacked pytree ``tree``.
+
+    Args:
+      arrays: kernel arrays (``Mean | Dense | Roll | Table | Segment``).
+      tree: pytree whose leaves have a leading peer axis ``n``.
+    """
     kernel = KERNELS[type(arrays)]
     return jax.tree.map(lambda leaf: kernel(arrays, leaf), tree)
 
 
-def gather(arrays: Table, tree):
-    """In-neighbour messages ``(n, k, ...)`` per leaf, for non-linear combines."""
-    return jax.tree.map(lambda leaf: leaf[arrays.idx], tree)
+def gather(arrays: Table | Roll, tree):
+    """In-neighbour messages ``(n, k, ...)`` per leaf, for non-linear combines.
+
+    Column c of peer i holds ``x[idx[i, c]]`` with weight ``weight[i, c]``
+    (``convert(arrays, "table", n)`` gives the matching weights).
+    """
+
+    def one(leaf):
+        table = convert(arrays, "table", leaf.shape[0])
+        return _rows(leaf, table.idx)
+
+    return jax.tree.map(one, tree)
 
 
-# ---------------------------------------------------------------- host side
+def kernel_name(arrays: KernelArrays) -> str:
+    """``"mean" | "dense" | "roll" | "table" | "segment"``."""
+    return NAME_OF[type(arrays)]
 
 
-def circulant_offsets(W: np.ndarray, atol: float = 1e-12) -> dict[int, float] | None:
-    """``{shift: weight}`` if W is circulant (W[i, i+s] constant), else None."""
-    n = W.shape[0]
-    first = W[0]
-    rows = np.stack([np.roll(first, i) for i in range(n)])
-    if not np.allclose(rows, W, atol=atol):
-        return None
-    return {int(s): float(first[s]) for s in np.flatnonzero(np.abs(first) > atol)}
+# ---------------------------------------------- conversions (jittable)
 
 
-def to_mean(W: np.ndarray, width: int | None = None) -> Mean:
-    n = W.shape[0]
-    if not np.allclose(W, 1.0 / n):
-        raise ValueError("the mean kernel needs W = 11^T/n (complete, uniform)")
-    return Mean()
+def _roll_to_table(arrays: Roll, n: int) -> Table:
+    peers = jnp.arange(n, dtype=jnp.int32)[:, None]
+    idx = (peers + arrays.shifts[None, :].astype(jnp.int32)) % n
+    weight = jnp.broadcast_to(arrays.weights[None, :], idx.shape)
+    return Table(idx, weight)
 
 
-def to_dense(W: np.ndarray, width: int | None = None) -> Dense:
-    return Dense(jnp.asarray(W, jnp.float32))
+def _table_to_segment(arrays: Table, n: int) -> Segment:
+    k = arrays.idx.shape[1]
+    receivers = jnp.repeat(jnp.arange(n, dtype=jnp.int32), k)
+    return Segment(arrays.idx.reshape(-1), receivers, arrays.weight.reshape(-1))
 
 
-def to_roll(W: np.ndarray, width: int | None = None) -> Roll:
-    offsets = circulant_offsets(W)
-    if offsets is None:
-        raise ValueError("the roll kernel needs a circulant W")
-    shifts, weights = _pad_pairs(list(offsets.items()), width, (0, 0.0))
-    return Roll(jnp.asarray(shifts, jnp.int32), jnp.asarray(weights, jnp.float32))
+def _to_dense(arrays: KernelArrays, n: int) -> Dense:
+    if isinstance(arrays, Mean):
+        return Dense(jnp.full((n, n), 1.0 / n, weight_dtype()))
+    seg = convert(arrays, "segment", n)
+    zeros = jnp.zeros((n, n), seg.weight.dtype)
+    return Dense(zeros.at[seg.receivers, seg.senders].add(seg.weight))
 
 
-def to_table(W: np.ndarray, width: int | None = None) -> Table:
-    n = W.shape[0]
-    k = int(max(np.count_nonzero(W, axis=1).max(), 1))
-    width = k if width is None else width
-    if width < k:
-        raise ValueError(f"table width {width} < max in-degree {k}")
-    idx = np.tile(np.arange(n)[:, None], (1, width))
-    weight = np.zeros((n, width))
-    for i in range(n):
-        nz = np.flatnonzero(W[i])
-        idx[i, : nz.size] = nz
-        weight[i, : nz.size] = W[i, nz]
-    return Table(jnp.asarray(idx, jnp.int32), jnp.asarray(weight, jnp.float32))
+CONVERSIONS = {
+    (Roll, "table"): _roll_to_table,
+    (Roll, "segment"): lambda a, n: _table_to_segment(_roll_to_table(a, n), n),
+    (Table, "segment"): _table_to_segment,
+}
 
 
-def to_segment(W: np.ndarray, width: int | None = None) -> Segment:
-    receivers, senders = np.nonzero(W)
-    e = senders.size if width is None else width
-    if e < senders.size:
-        raise ValueError(f"segment width {width} < number of edges {senders.size}")
-    pad = e - senders.size
-    return Segment(
-        jnp.asarray(np.pad(senders, (0, pad)), jnp.int32),
-        jnp.asarray(np.pad(receivers, (0, pad)), jnp.int32),
-        jnp.asarray(np.pad(W[receivers, senders], (0, pad)), jnp.float32),
+def can_convert(source: type, target: str) -> bool:
+    """Whether ``convert`` turns ``source`` kernel arrays into ``target``."""
+    return (
+        KERNEL_NAMES[target] is source
+        or target == "dense"
+        or (source, target) in CONVERSIONS
     )
 
 
-def _pad_pairs(pairs, width, fill):
-    width = len(pairs) if width is None else width
-    if width < len(pairs):
-        raise ValueError(f"width {width} < {len(pairs)} entries")
-    pairs = pairs + [fill] * (width - len(pairs))
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+def convert(arrays: KernelArrays, target: str, n: int) -> KernelArrays:
+    """Kernel arrays ``arrays`` as the ``target`` kernel (jittable).
 
+    Supported: any -> dense, roll -> table, roll/table -> segment, identity.
 
-FROM_MATRIX = {"mean": to_mean, "dense": to_dense, "roll": to_roll,
-               "table": to_table, "segment": to_segment}
-
-
-def from_matrix(kernel: str, W: np.ndarray, width: int | None = None) -> KernelArrays:
-    """Kernel arrays for the host matrix ``W``; ``width`` pads k (or e)."""
-    return FROM_MATRIX[kernel](np.asarray(W, np.float64), width)
-
-
-def choose_kernel(W: np.ndarray) -> str:
-    """Picks the kernel for W from its structure (tuned by the mixing benchmark)."""
-    n = W.shape[0]
-    if np.allclose(W, 1.0 / n):
-        return "mean"
-    degree = np.count_nonzero(W, axis=1)
-    if n <= 32 or degree.mean() > n / 4:
-        return "dense"
-    offsets = circulant_offsets(W)
-    if offsets is not None:
-        return "roll"
-    if degree.max() <= 2 * degree.mean():
-        return "table"
-    return "segment"
+    Args:
+      arrays: kernel arrays.
+      target: kernel name.
+      n: number of peers.
+    """
+    if isinstance(arrays, KERNEL_NAMES[target]):
+        return arrays  # includes dense -> dense
+    if target == "dense":
+        return _to_dense(arrays, n)
+    key = (type(arrays), target)
+    if key not in CONVERSIONS:
+        raise ValueError(f"cannot convert {kernel_name(arrays)} arrays to {target}")
+    return CONVERSIONS[key](arrays, n)
