@@ -222,7 +222,7 @@ def test_kernel_override():
     assert topo.kernel == "segment" and topo.info["kernel"] == "segment"
     with pytest.raises(ScenarioError, match="circulant") as err:
         build_topology({"name": "star"}, 64, 0, kernel="roll")
-    assert err.value.path == "topology.kernel"
+    assert err.value.path == "execution.kernel"
     with pytest.raises(ScenarioError, match="expected one of"):
         build_topology({"name": "ring"}, 64, 0, kernel="fast")
 

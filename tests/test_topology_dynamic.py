@@ -204,7 +204,7 @@ def test_dynamic_mix_equals_dense_w_t_without_retracing(spec, kernel):
 def test_sampler_kernel_override_errors():
     with pytest.raises(ScenarioError, match="segment arrays") as err:
         build_topology({"name": "el_local", "s": 2}, N, 0, kernel="table")
-    assert err.value.path == "topology.kernel"
+    assert err.value.path == "execution.kernel"
 
 
 def test_roll_shift_is_traced_for_one_peer_exponential():

@@ -169,6 +169,7 @@ class ExecutionConfig(_Frozen):
 
     strategy: Literal["auto", "vmap", "map", "unroll"] = "auto"
     peers_per_chunk: int | None = Field(None, ge=1)
+    kernel: Literal["auto", "mean", "roll", "table", "segment", "dense"] = "auto"
 
 
 class OutputConfig(_Frozen):

@@ -71,7 +71,7 @@ def build_topology(
       ScenarioError: one line naming the bad ``topology.*`` key.
     """
     if kernel != "auto" and kernel not in KERNEL_NAMES:
-        raise ScenarioError(f"{PATH}.kernel", one_of(kernel, [*KERNEL_NAMES, "auto"]))
+        raise ScenarioError("execution.kernel", one_of(kernel, [*KERNEL_NAMES, "auto"]))
     built = TOPOLOGIES.build(spec, PATH, n=n, seed=seed)
     make = BUILDERS[type(built)]
     topo = make(built, n, seed, kernel, require_doubly_stochastic)
@@ -81,7 +81,7 @@ def build_topology(
 
 def _kernel_error(kernel: str, reason: str) -> ScenarioError:
     return ScenarioError(
-        f"{PATH}.kernel", f"'{kernel}' cannot hold this topology: {reason}"
+        "execution.kernel", f"'{kernel}' cannot hold this topology: {reason}"
     )
 
 
