@@ -164,3 +164,23 @@ def test_dynamic_topology_compiles_once_and_learns(tmp_path, topology):
     assert summary["compilations"] == 1
     losses = [float(r["test_loss_mean"]) for r in rows(tmp_path / "r" / "metrics.csv")]
     assert losses[-1] < losses[0] < np.log(10) + 0.5
+
+
+def test_cli_topology_describe_json(capsys):
+    assert main(["topology", "describe", "torus:n=64", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n"] == 64 and info["num_edges"] == 128
+    assert info["rho"] == pytest.approx(1 - 0.4 * (1 - np.cos(2 * np.pi / 8)), abs=1e-9)
+    assert info["spectral_gap"] == pytest.approx(1 - info["rho"])
+
+
+def test_cli_topology_describe_bad_spec_is_one_line(capsys):
+    assert main(["topology", "describe", "random_regular:n=5,d=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "d" in err
+
+
+def test_cli_data_fetch_unknown_dataset_is_one_line(tmp_path, capsys):
+    assert main(["data", "fetch", "cifar100", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cifar10" in err
