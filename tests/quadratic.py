@@ -32,19 +32,43 @@ def quadratic_data(a, b) -> PeerData:
     return PeerData(x, jnp.zeros((n, 1), jnp.int32), jnp.ones((n,), jnp.int32))
 
 
-def run(make_alg, W, a, b, lr, rounds, *, local_steps=1, participants=None,
-        weights=None, kernel="dense", strategy=("vmap", None), x0=None):
+def run(
+    make_alg,
+    W,
+    a,
+    b,
+    lr,
+    rounds,
+    *,
+    local_steps=1,
+    participants=None,
+    weights=None,
+    kernel="dense",
+    strategy=("vmap", None),
+    x0=None,
+):
     """Runs ``rounds`` rounds; returns the final stacked state."""
     n = len(a)
     alg = make_alg(quadratic_loss, optax.sgd(lr))
     spec = RoundSpec(
-        alg, lambda d, t, k: d, lambda f: lift(f, *strategy), n, local_steps, 1,
+        alg,
+        lambda d, t, k: d,
+        lambda f: lift(f, *strategy),
+        n,
+        local_steps,
+        1,
         participants or n,
     )
     params = jnp.zeros((n,)) if x0 is None else jnp.asarray(x0, float)
     state = jax.vmap(alg.init)(params, jax.random.split(jax.random.key(0), n))
     chunk = make_chunk(spec, seed=0)
     w = jnp.ones((n,)) if weights is None else jnp.asarray(weights, float)
-    state, _, _ = chunk(state, quadratic_data(a, b), from_matrix(kernel, W), w,
-                        jnp.int32(0), length=rounds)
+    state, _, _ = chunk(
+        state,
+        quadratic_data(a, b),
+        from_matrix(kernel, W),
+        w,
+        jnp.int32(0),
+        length=rounds,
+    )
     return state

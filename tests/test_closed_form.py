@@ -29,7 +29,8 @@ def test_consensus_rate_ring16():
     for _ in range(50):
         x = mix(arrays, x)
     assert float(jnp.linalg.norm(x) / jnp.linalg.norm(x0)) == pytest.approx(
-        0.0739775, abs=1e-7)
+        0.0739775, abs=1e-7
+    )
     assert abs(float(x.mean() - x0.mean())) < 1e-14
 
 
@@ -48,8 +49,9 @@ def test_dsgd_consensus_error_homogeneous_curvature():
     assert float(jnp.mean((x - x.mean()) ** 2)) == pytest.approx(0.29333, abs=1e-5)
 
 
-@pytest.mark.parametrize(("tau", "fixed"), [(1, 3.666667), (5, 3.621465),
-                                            (20, 3.529473)])
+@pytest.mark.parametrize(
+    ("tau", "fixed"), [(1, 3.666667), (5, 3.621465), (20, 3.529473)]
+)
 def test_fedavg_drift(tau, fixed):
     state = run(fedavg, ring_weights(8), A, B, lr=0.1, rounds=1500, local_steps=tau)
     c = 1 - (1 - 0.1 * A) ** tau

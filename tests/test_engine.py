@@ -12,7 +12,11 @@ from workbench.cli import main
 from workbench.errors import DivergenceError
 
 TINY = {
-    "name": "tiny", "seed": 1, "peers": 4, "rounds": 6, "eval_every": 2,
+    "name": "tiny",
+    "seed": 1,
+    "peers": 4,
+    "rounds": 6,
+    "eval_every": 2,
     "data": {"name": "digits", "batch_size": 8},
     "model": {"name": "mlp", "hidden": [16]},
     "topology": {"name": "ring"},
@@ -34,17 +38,36 @@ def rows(path):
 
 def test_cli_quickstart_few_rounds(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["simulate", "scenarios/quickstart.yaml", "--set", "rounds=4",
-                 "--set", "eval_every=2", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "simulate",
+            "scenarios/quickstart.yaml",
+            "--set",
+            "rounds=4",
+            "--set",
+            "eval_every=2",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert "final mean test accuracy" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("rounds", "final_mean_test_accuracy", "final_min_test_accuracy",
-                "wall_seconds", "compile_seconds", "peer_steps_per_second", "rho"):
+    for key in (
+        "rounds",
+        "final_mean_test_accuracy",
+        "final_min_test_accuracy",
+        "wall_seconds",
+        "compile_seconds",
+        "peer_steps_per_second",
+        "rho",
+    ):
         assert summary[key] is not None, key
     assert summary["rounds"] == 4
-    assert summary["rho"] == pytest.approx(1 / 3 + 2 / 3 * np.cos(2 * np.pi / 16),
-                                           abs=1e-6)
+    assert summary["rho"] == pytest.approx(
+        1 / 3 + 2 / 3 * np.cos(2 * np.pi / 16), abs=1e-6
+    )
     metrics = rows(out / "metrics.csv")
     assert [int(r["round"]) for r in metrics] == [2, 4]
     assert len(rows(out / "peers.csv")) == 2 * 16
@@ -76,8 +99,13 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
     full, cut = rows(full_dir / "metrics.csv"), rows(tmp_path / "cut" / "metrics.csv")
     assert [r["round"] for r in cut] == ["2", "4", "6"]
     for a, b in zip(full, cut, strict=True):
-        for key in ("test_acc_mean", "test_loss_mean", "consensus_distance",
-                    "bytes_sent_total", "averaged_model_acc"):
+        for key in (
+            "test_acc_mean",
+            "test_loss_mean",
+            "consensus_distance",
+            "bytes_sent_total",
+            "averaged_model_acc",
+        ):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6), key
     peers_full = rows(full_dir / "peers.csv")
     peers_cut = rows(tmp_path / "cut" / "peers.csv")
@@ -86,9 +114,14 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
 
 
 def test_divergence_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
-    path = write_scenario(tmp_path, algorithm={
-        "name": "dsgd", "lr": 0.05,
-        "schedule": {"name": "step", "boundaries": [4], "factor": 1e30}})
+    path = write_scenario(
+        tmp_path,
+        algorithm={
+            "name": "dsgd",
+            "lr": 0.05,
+            "schedule": {"name": "step", "boundaries": [4], "factor": 1e30},
+        },
+    )
     with pytest.raises(DivergenceError, match="diverged .* rounds 4-6"):
         runner.run(str(path), [], out=str(tmp_path / "run"), progress=False)
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
@@ -103,15 +136,20 @@ def test_divergence_through_cli_is_one_line(tmp_path, capsys):
     assert code == 2 and "diverged" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["simulate", "missing.yaml"], "missing.yaml"),
-    (["simulate", "scenarios/quickstart.yaml", "--set", "rounds=zero"], "rounds"),
-    (["simulate", "scenarios/quickstart.yaml", "--set", "topology.name=rign"],
-     "did you mean 'ring'"),
-    (["simulate", "scenarios/quickstart.yaml", "--bogus"], "--bogus"),
-    (["simulate"], "SCENARIO"),
-    (["simulate", "--resume", "/nonexistent/run"], "scenario.yaml"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["simulate", "missing.yaml"], "missing.yaml"),
+        (["simulate", "scenarios/quickstart.yaml", "--set", "rounds=zero"], "rounds"),
+        (
+            ["simulate", "scenarios/quickstart.yaml", "--set", "topology.name=rign"],
+            "did you mean 'ring'",
+        ),
+        (["simulate", "scenarios/quickstart.yaml", "--bogus"], "--bogus"),
+        (["simulate"], "SCENARIO"),
+        (["simulate", "--resume", "/nonexistent/run"], "scenario.yaml"),
+    ],
+)
 def test_cli_errors_are_one_line(argv, fragment, capsys):
     try:
         code = main(argv)
@@ -124,8 +162,9 @@ def test_cli_errors_are_one_line(argv, fragment, capsys):
 
 def test_tensorboard_scalars_written(tmp_path):
     path = write_scenario(tmp_path, rounds=2, output={"tensorboard": True})
-    run_dir, summary = runner.run(str(path), [], out=str(tmp_path / "tb"),
-                                  progress=False)
+    run_dir, summary = runner.run(
+        str(path), [], out=str(tmp_path / "tb"), progress=False
+    )
     events = list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert summary["rounds"] == 2
@@ -136,9 +175,23 @@ def test_cifar_ring_runs_on_tiny_cifar_directory(tmp_path, capsys):
 
     write_cifar(tmp_path / "data", rows=40)
     out = tmp_path / "run"
-    code = main(["simulate", "scenarios/cifar_ring.yaml", "--set", "rounds=2",
-                 "--set", "eval_every=1", "--set", "data.partition.min_size=2",
-                 "--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "simulate",
+            "scenarios/cifar_ring.yaml",
+            "--set",
+            "rounds=2",
+            "--set",
+            "eval_every=1",
+            "--set",
+            "data.partition.min_size=2",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["num_peers"] == 16
@@ -147,17 +200,30 @@ def test_cifar_ring_runs_on_tiny_cifar_directory(tmp_path, capsys):
 
 
 def test_missing_cifar_files_is_one_line(tmp_path, capsys):
-    code = main(["simulate", "scenarios/cifar_ring.yaml", "--data-dir",
-                 str(tmp_path), "--out", str(tmp_path / "r"), "--quiet"])
+    code = main(
+        [
+            "simulate",
+            "scenarios/cifar_ring.yaml",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "cifar-10-batches-py" in err and "workbench data fetch cifar10" in err
 
 
-@pytest.mark.parametrize("topology", [
-    {"name": "peer_sampler", "d": 2}, {"name": "one_peer_exponential"},
-    {"name": "random_matching"},
-])
+@pytest.mark.parametrize(
+    "topology",
+    [
+        {"name": "peer_sampler", "d": 2},
+        {"name": "one_peer_exponential"},
+        {"name": "random_matching"},
+    ],
+)
 def test_dynamic_topology_compiles_once_and_learns(tmp_path, topology):
     path = write_scenario(tmp_path, rounds=6, eval_every=2, topology=topology)
     _, summary = runner.run(str(path), [], out=str(tmp_path / "r"), progress=False)
@@ -184,3 +250,28 @@ def test_cli_data_fetch_unknown_dataset_is_one_line(tmp_path, capsys):
     assert main(["data", "fetch", "cifar100", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cifar10" in err
+
+
+def test_plot_runs_figure_from_run_directories(tmp_path):
+    from paper_figures.plot_runs import load_curve
+    from paper_figures.plot_runs import main as plot_main
+
+    path = write_scenario(tmp_path, rounds=4)
+    for name in ("ring", "complete"):
+        runner.run(
+            str(path),
+            [f"topology.name={name}"],
+            out=str(tmp_path / name),
+            progress=False,
+        )
+    out = tmp_path / "fig.png"
+    assert (
+        plot_main([str(tmp_path / "ring"), str(tmp_path / "complete"), "-o", str(out)])
+        == 0
+    )
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    curve = load_curve(tmp_path / "complete")
+    np.testing.assert_array_equal(curve["round"], [2, 4])
+    # complete graph of 4 peers: each peer sends to 3 others every round
+    params = json.loads((tmp_path / "complete" / "summary.json").read_text())
+    assert curve["bytes_sent_total"][-1] == 4 * 4 * 3 * 4 * params["num_params"]

@@ -16,7 +16,13 @@ from workbench.comm import from_matrix
 from workbench.execution import lift
 from workbench.objective import make_loss
 from workbench.rounds import (
-    LOCAL, PeerData, RoundSpec, make_chunk, participation, round_key, sample_batches,
+    LOCAL,
+    PeerData,
+    RoundSpec,
+    make_chunk,
+    participation,
+    round_key,
+    sample_batches,
 )
 
 A = np.array([1.0, 2.0] * 4)
@@ -42,13 +48,14 @@ def mlp_problem(n, m=20, seed=0):
 
 def run_mlp(alg, n, W, strategy=("vmap", None), rounds=6, steps=2, kernel="dense"):
     model, params, data = mlp_problem(n)
-    spec = RoundSpec(alg, lambda d, t, k: d, lambda f: lift(f, *strategy), n, steps, 4,
-                     n)
+    spec = RoundSpec(
+        alg, lambda d, t, k: d, lambda f: lift(f, *strategy), n, steps, 4, n
+    )
     stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
     state = jax.vmap(alg.init)(stacked, jax.random.split(jax.random.key(1), n))
     state, sent, _ = make_chunk(spec, seed=3)(
-        state, data, from_matrix(kernel, W), jnp.ones((n,)), jnp.int32(0),
-        length=rounds)
+        state, data, from_matrix(kernel, W), jnp.ones((n,)), jnp.int32(0), length=rounds
+    )
     return model, params, data, state
 
 
@@ -68,13 +75,15 @@ def test_single_peer_equals_plain_optax():
             grads = jax.grad(loss_fn)(ref, batch)
             updates, opt_state = opt.update(grads, opt_state, ref)
             ref = optax.apply_updates(ref, updates)
-    for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref),
-                         strict=True):
+    for got, want in zip(
+        jax.tree.leaves(state.params), jax.tree.leaves(ref), strict=True
+    ):
         np.testing.assert_allclose(np.asarray(got)[0], want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("strategy", [("map", 3), ("unroll", 3), ("unroll", 8),
-                                      ("map", 1)])
+@pytest.mark.parametrize(
+    "strategy", [("map", 3), ("unroll", 3), ("unroll", 8), ("map", 1)]
+)
 def test_execution_strategy_does_not_change_numbers(strategy):
     n = 8
     alg = dsgd(make_loss(MLP().apply), optax.adam(0.01))
@@ -96,8 +105,9 @@ def test_new_graph_of_same_shape_does_not_recompile():
     outs = []
     for W in (ring_weights(n), ring_weights(n, 0.25), rng.dirichlet(np.ones(n), n)):
         state = jax.tree.map(jnp.copy, init)
-        state, _, _ = chunk(state, data, from_matrix("dense", W), jnp.ones((n,)),
-                            jnp.int32(0), length=3)
+        state, _, _ = chunk(
+            state, data, from_matrix("dense", W), jnp.ones((n,)), jnp.int32(0), length=3
+        )
         outs.append(np.asarray(jax.tree.leaves(state.params)[0]))
     assert chunk._cache_size() == 1
     assert not np.allclose(outs[0], outs[2])
@@ -122,8 +132,15 @@ def test_fedavg_client_fraction_uses_only_sampled_clients():
     """With 1 of 8 clients per round, after one round all peers hold that client's
     locally trained model, which is one GD step from 0 towards its b_i."""
     with jax.enable_x64(True):
-        state = run(functools.partial(fedavg), ring_weights(8), A, B, lr=0.1,
-                    rounds=1, participants=1)
+        state = run(
+            functools.partial(fedavg),
+            ring_weights(8),
+            A,
+            B,
+            lr=0.1,
+            rounds=1,
+            participants=1,
+        )
         x = np.asarray(state.params)
         assert np.allclose(x, x[0])
         assert np.any(np.isclose(x[0], 0.1 * A * B))

@@ -77,9 +77,7 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
     algorithm = ALGORITHMS.build(
         {"name": name, **alg_kwargs}, "algorithm", loss_fn=loss_fn, local_opt=local_opt
     )
-    topology = build_topology(
-        dict(sc.topology), n, sc.seed, kernel=sc.execution.kernel
-    )
+    topology = build_topology(dict(sc.topology), n, sc.seed, kernel=sc.execution.kernel)
     strategy = resolve_strategy(sc.execution, n)
     lifted = lambda fn: lift(fn, *strategy)
     fraction = alg_kwargs.get("client_fraction", 1.0)

@@ -79,8 +79,9 @@ class Registry(Mapping[str, Callable[..., Any]]):
                 )
             out[key] = _coerce(params[key], value, f"{path}.{key}")
         missing = [
-            p for p, v in params.items() if v.default is inspect.Parameter.empty
-            and p not in out
+            p
+            for p, v in params.items()
+            if v.default is inspect.Parameter.empty and p not in out
         ]
         if missing:
             raise ScenarioError(
