@@ -18,7 +18,7 @@ import numpy as np
 from workbench.algorithms import ALGORITHMS
 from workbench.data import load_federated
 from workbench.execution import default_strategy, lift
-from workbench.models import build_model, init_params
+from workbench.models import build_model, init_params, num_params
 from workbench.objective import make_loss
 from workbench.optim import make_optimizer
 from workbench.rounds import (
@@ -50,11 +50,8 @@ class Simulation:
     eval_data: EvalData
     weights: jax.Array  # (n,) server aggregation weights
     num_params: int
+    model_bytes: int  # bytes of one model message (all parameters, their dtypes)
     strategy: tuple[str, int | None]
-
-    @property
-    def model_bytes(self) -> int:
-        return 4 * self.num_params
 
 
 def resolve_strategy(execution, num_peers: int) -> tuple[str, int | None]:
@@ -107,13 +104,10 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         data=_device(PeerData(*fed.train)),
         eval_data=_eval_data(fed),
         weights=jnp.asarray(weights),
-        num_params=_count(params),
+        num_params=num_params(params),
+        model_bytes=sum(p.size * p.dtype.itemsize for p in jax.tree.leaves(params)),
         strategy=strategy,
     )
-
-
-def _count(params) -> int:
-    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 
 def _device(tree):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -122,84 +123,119 @@ def _aot(jitted, *args, **static):
     return executable, time.perf_counter() - t
 
 
-def _payload(state, round_: int, sent, server_sent: float, wall: float) -> dict:
+class Totals(NamedTuple):
+    """What a checkpoint carries besides the state; restored on resume."""
+
+    round: int
+    sent: np.ndarray  # (n,) model-sized messages sent by each peer so far
+    server_sent: float  # messages sent by the server so far
+    wall: float  # wall seconds spent before this process
+
+
+def _payload(state, totals: Totals) -> dict:
     return {
-        "round": np.int64(round_),
+        "round": np.int64(totals.round),
         "state": state,
-        "sent": np.asarray(sent),
-        "server_sent": np.float64(server_sent),
-        "wall": np.float64(wall),
+        "sent": np.asarray(totals.sent),
+        "server_sent": np.float64(totals.server_sent),
+        "wall": np.float64(totals.wall),
     }
+
+
+def _restore(run_dir: Path, state, n: int):
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise WorkbenchError(
+            f"--resume {run_dir}: no checkpoint in {run_dir}/checkpoints"
+        )
+    got = load_checkpoint(ckpt, _payload(state, Totals(0, np.zeros(n), 0.0, 0.0)))
+    totals = Totals(
+        int(got["round"]),
+        np.asarray(got["sent"]),
+        float(got["server_sent"]),
+        float(got["wall"]),
+    )
+    return jax.tree.map(jnp.asarray, got["state"]), totals
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("round"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[acc]}"),
+        TextColumn("{task.fields[speed]}"),
+        disable=not enabled,
+    )
+
+
+class Timer(NamedTuple):
+    compile: float = 0.0
+    train: float = 0.0  # seconds inside chunks of rounds
+    eval: float = 0.0
+    compilations: int = 0
 
 
 def simulate(
     sim: Simulation, run_dir: Path, resume: bool = False, progress: bool = True
 ) -> dict:
     """Runs (or resumes) ``sim`` into ``run_dir``; returns the summary dict."""
-    sc = sim.scenario
-    n = sc.peers
-    metrics, peers = (
-        CsvLog(run_dir / "metrics.csv", METRICS_FIELDS),
-        CsvLog(run_dir / "peers.csv", PEER_FIELDS),
-    )
-    state, start, sent, server_sent, wall0 = sim.state, 0, np.zeros(n), 0.0, 0.0
+    sc, n = sim.scenario, sim.scenario.peers
+    metrics = CsvLog(run_dir / "metrics.csv", METRICS_FIELDS)
+    peers = CsvLog(run_dir / "peers.csv", PEER_FIELDS)
+    state, totals = sim.state, Totals(0, np.zeros(n), 0.0, 0.0)
     if resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise WorkbenchError(
-                f"--resume {run_dir}: no checkpoint in {run_dir}/checkpoints"
-            )
-        restored = load_checkpoint(ckpt, _payload(state, 0, sent, 0.0, 0.0))
-        state = jax.tree.map(jnp.asarray, restored["state"])
-        start, sent = int(restored["round"]), np.asarray(restored["sent"])
-        server_sent, wall0 = float(restored["server_sent"]), float(restored["wall"])
-        metrics.truncate_after(start)
-        peers.truncate_after(start)
+        state, totals = _restore(run_dir, state, n)
+        metrics.truncate_after(totals.round)
+        peers.truncate_after(totals.round)
+    start, t0 = totals.round, time.perf_counter()
     tb = Scalars(run_dir, sc.output.tensorboard)
-    t0 = time.perf_counter()
-    evaluate, compile_s = _aot(sim.evaluate, state.params, sim.eval_data)
-    compiled, train_s = {}, 0.0
+    evaluate, seconds = _aot(sim.evaluate, state.params, sim.eval_data)
+    timer, compiled, row = Timer(compile=seconds), {}, {}
     args = (sim.data, sim.topology.data, sim.weights)
-    bar = Progress(
-        TextColumn("round"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("{task.fields[acc]}"),
-        TextColumn("{task.fields[speed]}"),
-        disable=not progress,
-    )
-    row = {}
-    with bar:
+    with _progress_bar(progress) as bar:
         task = bar.add_task(
             "rounds", total=sc.rounds, completed=start, acc="", speed=""
         )
-        r = start
-        while r < sc.rounds:
+        while totals.round < sc.rounds:
+            r = totals.round
             length = min(sc.eval_every, sc.rounds - r)
             if length not in compiled:
                 compiled[length], seconds = _aot(
                     sim.chunk, state, *args, jnp.int32(r), length=length
                 )
-                compile_s += seconds
+                timer = timer._replace(
+                    compile=timer.compile + seconds, compilations=timer.compilations + 1
+                )
             c0 = time.perf_counter()
-            state, chunk_sent, chunk_server = compiled[length](
-                state, *args, jnp.int32(r)
+            state, sent, server = jax.block_until_ready(
+                compiled[length](state, *args, jnp.int32(r))
             )
-            ev = evaluate(state.params, sim.eval_data)
-            jax.block_until_ready(ev)
-            train_s += time.perf_counter() - c0
-            r += length
-            sent = sent + np.asarray(chunk_sent)
-            server_sent += float(chunk_server)
+            c1 = time.perf_counter()
+            ev = jax.block_until_ready(evaluate(state.params, sim.eval_data))
+            timer = timer._replace(
+                train=timer.train + c1 - c0, eval=timer.eval + time.perf_counter() - c1
+            )
             if not bool(ev.finite):
                 raise DivergenceError(
-                    f"training diverged (NaN/inf parameters) in rounds "
-                    f"{r - length}-{r}; the last good checkpoint is kept in "
-                    f"{run_dir / 'checkpoints'}"
+                    f"training diverged (NaN/inf parameters) in rounds {r}-{r + length}"
+                    f"; the last good checkpoint is kept in {run_dir / 'checkpoints'}"
                 )
-            wall = wall0 + time.perf_counter() - t0
+            totals = Totals(
+                r + length,
+                totals.sent + np.asarray(sent),
+                totals.server_sent + float(server),
+                totals.wall,
+            )
+            wall = totals.wall + time.perf_counter() - t0
             row, peer_rows = rows_from_eval(
-                ev, r, wall, sent, server_sent, sim.model_bytes, sim.spec.participants
+                ev,
+                totals.round,
+                wall,
+                totals.sent,
+                totals.server_sent,
+                sim.model_bytes,
+                sim.spec.participants,
             )
             metrics.write([row])
             peers.write(peer_rows)
@@ -207,22 +243,33 @@ def simulate(
             if sc.output.checkpoint:
                 save_checkpoint(
                     run_dir,
-                    r,
-                    _payload(state, r, sent, server_sent, wall),
+                    totals.round,
+                    _payload(state, totals._replace(wall=wall)),
                     keep=sc.output.keep_checkpoints,
                 )
-            steps = n * sim.spec.local_steps * (r - start)
+            speed = _peer_steps(sim, totals.round - start, timer.train)
             bar.update(
                 task,
-                completed=r,
+                completed=totals.round,
                 acc=f"acc {row['test_acc_mean']:.3f}",
-                speed=f"{steps / max(train_s, 1e-9):,.0f} peer-steps/s",
+                speed=f"{speed:,.0f} peer-steps/s",
             )
     tb.close()
     sim.state = state
-    summary = {
-        "rounds": sc.rounds,
-        "num_peers": n,
+    summary = _summary(sim, row, timer, start, totals.wall + time.perf_counter() - t0)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _peer_steps(sim: Simulation, rounds: int, seconds: float) -> float:
+    return sim.scenario.peers * sim.spec.local_steps * rounds / max(seconds, 1e-9)
+
+
+def _summary(sim: Simulation, row: dict, timer: Timer, start: int, wall: float):
+    rounds = sim.scenario.rounds - start
+    return {
+        "rounds": sim.scenario.rounds,
+        "num_peers": sim.scenario.peers,
         "num_params": sim.num_params,
         "final_mean_test_accuracy": row.get("test_acc_mean"),
         "final_min_test_accuracy": row.get("test_acc_min"),
@@ -230,22 +277,18 @@ def simulate(
         "final_averaged_model_accuracy": row.get("averaged_model_acc"),
         "final_consensus_distance": row.get("consensus_distance"),
         "bytes_sent_total": row.get("bytes_sent_total"),
-        "wall_seconds": wall0 + time.perf_counter() - t0,
-        "compile_seconds": compile_s,
-        "compilations": len(compiled),
-        "train_eval_seconds": train_s,
-        "peer_steps_per_second": n
-        * sim.spec.local_steps
-        * (sc.rounds - start)
-        / max(train_s, 1e-9),
-        "rounds_per_second": (sc.rounds - start) / max(train_s, 1e-9),
+        "wall_seconds": wall,
+        "compile_seconds": timer.compile,
+        "compilations": timer.compilations,
+        "train_seconds": timer.train,
+        "eval_seconds": timer.eval,
+        "peer_steps_per_second": _peer_steps(sim, rounds, timer.train),
+        "rounds_per_second": rounds / max(timer.train, 1e-9),
         "execution": {"strategy": sim.strategy[0], "peers_per_chunk": sim.strategy[1]},
         "topology": {"kernel": sim.topology.kernel, **sim.topology.info},
         "rho": sim.topology.info.get("rho"),
         "environment": environment(),
     }
-    write_json(run_dir / "summary.json", summary)
-    return summary
 
 
 def run(
