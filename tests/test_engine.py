@@ -275,3 +275,26 @@ def test_plot_runs_figure_from_run_directories(tmp_path):
     # complete graph of 4 peers: each peer sends to 3 others every round
     params = json.loads((tmp_path / "complete" / "summary.json").read_text())
     assert curve["bytes_sent_total"][-1] == 4 * 4 * 3 * 4 * params["num_params"]
+
+
+def test_fedavg_partial_participation_end_to_end(tmp_path):
+    path = write_scenario(
+        tmp_path,
+        peers=8,
+        rounds=4,
+        algorithm={
+            "name": "fedavg",
+            "lr": 0.1,
+            "local_steps": 3,
+            "client_fraction": 0.25,
+        },
+    )
+    _, summary = runner.run(str(path), [], out=str(tmp_path / "r"), progress=False)
+    metrics = rows(tmp_path / "r" / "metrics.csv")
+    # 2 of 8 clients upload and 2 downloads per round
+    assert float(metrics[-1]["bytes_sent_total"]) == 4 * (2 + 2) * (
+        4 * summary["num_params"]
+    )
+    assert int(metrics[-1]["active_peers"]) == 2
+    # every client holds the global model after each round: consensus is exact
+    assert summary["final_consensus_distance"] == pytest.approx(0.0, abs=1e-10)

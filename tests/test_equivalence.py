@@ -20,9 +20,9 @@ from workbench.rounds import (
     PeerData,
     RoundSpec,
     make_chunk,
-    participation,
     round_key,
     sample_batches,
+    sample_peers,
 )
 
 A = np.array([1.0, 2.0] * 4)
@@ -122,10 +122,12 @@ def test_fedavg_data_size_weighting_fixed_point():
         np.testing.assert_allclose(np.asarray(state.params), expected, atol=1e-9)
 
 
-def test_participation_samples_exactly_m():
-    masks = [np.asarray(participation(jax.random.key(s), 10, 3)) for s in range(50)]
-    assert all(m.sum() == 3 for m in masks)
-    assert np.all(np.mean(masks, axis=0) > 0.1)
+def test_sample_peers_draws_exactly_m_distinct():
+    draws = [np.asarray(sample_peers(jax.random.key(s), 10, 3)) for s in range(50)]
+    assert all(len(set(d)) == 3 and list(d) == sorted(d) for d in draws)
+    counts = np.bincount(np.concatenate(draws), minlength=10)
+    assert counts.min() > 5  # every peer gets sampled
+    np.testing.assert_array_equal(sample_peers(jax.random.key(0), 4, 4), np.arange(4))
 
 
 def test_fedavg_client_fraction_uses_only_sampled_clients():

@@ -67,17 +67,24 @@ def sample_batches(key, x, y, size, steps: int, batch_size: int) -> Batch:
     return Batch(x[idx], y[idx], jnp.ones((steps, batch_size), jnp.float32))
 
 
-def participation(key, n: int, m: int) -> jax.Array:
-    """(n,) float32 mask with exactly m ones, uniformly at random."""
+def sample_peers(key, n: int, m: int) -> jax.Array:
+    """(m,) int32 sorted indices of m distinct peers drawn uniformly; all if m >= n."""
     if m >= n:
-        return jnp.ones((n,), jnp.float32)
-    ranks = jnp.argsort(jax.random.permutation(key, n))
-    return (ranks < m).astype(jnp.float32)
+        return jnp.arange(n, dtype=jnp.int32)
+    return jnp.sort(jax.random.permutation(key, n)[:m]).astype(jnp.int32)
 
 
 def make_round(spec: RoundSpec, seed: int) -> Callable:
-    """``round(state, t, data, topo, weights) -> state, (sent (n,), server ())``."""
-    alg, n = spec.algorithm, spec.num_peers
+    """``round(state, t, data, topo, weights) -> state, (sent (n,), server ())``.
+
+    Only the ``spec.participants`` sampled peers run ``local`` (the others are
+    not computed at all); partial participation needs a ``server`` exchange.
+    """
+    alg, n, m = spec.algorithm, spec.num_peers, spec.participants
+    if m < n and alg.exchange != "server":
+        raise ValueError(
+            f"partial participation needs a server exchange, not '{alg.exchange}'"
+        )
 
     def peer_local(state, x, y, size, peer, t):
         key = jax.random.fold_in(round_key(seed, t, LOCAL), peer)
@@ -86,18 +93,27 @@ def make_round(spec: RoundSpec, seed: int) -> Callable:
         return alg.local(state, batches, kl)
 
     def one_round(state, t, data: PeerData, topo_data, weights):
-        ts = jnp.broadcast_to(t, (n,))
-        state, outbox = spec.lift(peer_local)(
-            state, data.x, data.y, data.size, jnp.arange(n), ts
+        peers = sample_peers(round_key(seed, t, PARTICIPATION), n, m)
+        take = (lambda tree: tree) if m >= n else _taker(peers)
+        sub, outbox = spec.lift(peer_local)(
+            take(state), *take(tuple(data)), peers, jnp.broadcast_to(t, (m,))
         )
+        state = sub if m >= n else _scatter(state, sub, peers)
         arrays = spec.topology_at(topo_data, t, round_key(seed, t, TOPOLOGY))
-        active = participation(round_key(seed, t, PARTICIPATION), n, spec.participants)
-        w = weights * active
-        inbox = exchange(alg.exchange, outbox, arrays, w)
+        inbox = exchange(alg.exchange, outbox, arrays, take(weights), n)
         state = spec.lift(alg.combine)(state, inbox)
-        return state, messages_sent(alg.exchange, arrays, w, n)
+        active = jnp.zeros((n,), weights.dtype).at[peers].set(take(weights))
+        return state, messages_sent(alg.exchange, arrays, active, n)
 
     return one_round
+
+
+def _taker(peers: jax.Array) -> Callable:
+    return lambda tree: jax.tree.map(lambda a: a[peers], tree)
+
+
+def _scatter(full, part, peers: jax.Array):
+    return jax.tree.map(lambda a, b: a.at[peers].set(b), full, part)
 
 
 def make_chunk(spec: RoundSpec, seed: int) -> Callable:

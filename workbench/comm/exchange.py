@@ -2,8 +2,8 @@
 the number of model-sized messages each peer sent (for the bytes-sent metric).
 
 - ``average``: inbox_i = sum_j W_ij outbox_j, computed by a mixing kernel.
-- ``server``:  inbox_i = sum_j c_j outbox_j / sum_j c_j for every i, where
-  c_j = data weight of j times its participation (0 when not sampled).
+- ``server``:  inbox_i = sum_j c_j outbox_j / sum_j c_j for every i, over the
+  sampled peers j, with c_j their aggregation weight (uniform or data size).
 """
 
 from __future__ import annotations
@@ -14,18 +14,19 @@ import jax.numpy as jnp
 from workbench.comm.kernels import Dense, KernelArrays, Mean, Roll, Segment, Table, mix
 
 
-def average(outbox, arrays: KernelArrays, weights: jax.Array):
-    del weights
+def average(outbox, arrays: KernelArrays, weights: jax.Array, n: int):
+    del weights, n
     return mix(arrays, outbox)
 
 
-def server(outbox, arrays: KernelArrays, weights: jax.Array):
+def server(outbox, arrays: KernelArrays, weights: jax.Array, n: int):
+    """Weighted mean of the m senders' outboxes (m, ...), broadcast to n peers."""
     del arrays
     c = weights / jnp.sum(weights)
 
     def agg(leaf):
         avg = jnp.tensordot(c.astype(leaf.dtype), leaf, axes=1)
-        return jnp.broadcast_to(avg, leaf.shape)
+        return jnp.broadcast_to(avg, (n,) + avg.shape)
 
     return jax.tree.map(agg, outbox)
 
@@ -33,9 +34,9 @@ def server(outbox, arrays: KernelArrays, weights: jax.Array):
 EXCHANGES = {"average": average, "server": server}
 
 
-def exchange(kind: str, outbox, arrays: KernelArrays, weights: jax.Array):
-    """The inbox of every peer (same stacked structure as ``outbox``)."""
-    return EXCHANGES[kind](outbox, arrays, weights)
+def exchange(kind: str, outbox, arrays: KernelArrays, weights: jax.Array, n: int):
+    """The inbox (n, ...) of every peer from the senders' outboxes and weights."""
+    return EXCHANGES[kind](outbox, arrays, weights, n)
 
 
 # ------------------------------------------------------- message accounting
