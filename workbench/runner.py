@@ -262,7 +262,8 @@ def simulate(
 
 
 def _peer_steps(sim: Simulation, rounds: int, seconds: float) -> float:
-    return sim.scenario.peers * sim.spec.local_steps * rounds / max(seconds, 1e-9)
+    """Local steps actually computed (sampled peers only) per second."""
+    return sim.spec.participants * sim.spec.local_steps * rounds / max(seconds, 1e-9)
 
 
 def _summary(sim: Simulation, row: dict, timer: Timer, start: int, wall: float):
