@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import textwrap
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 
 from workbench.errors import ScenarioError
 from workbench.models import MODELS, build_model, init_params, num_params
+from workbench.models.layers import Conv, max_pool_2x2, resolve_conv_impl
 from workbench.models.resnet import resnet_layout
 
 # Input shapes each entry must handle (digits 8x8x1, tabular, 2-D grey images).
@@ -85,6 +88,17 @@ def test_contract(name, shape):
     _, one, grid = outs[0]
     np.testing.assert_allclose(one, ys[0, 0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grid.reshape(ys[0].shape), ys[0], rtol=1e-5, atol=1e-5)
+    if "conv_impl" in inspect.signature(MODELS[name]).parameters:
+        # CPU default (auto) is patches + matmul; lax.conv: same tree, same logits.
+        spec = {"name": name, **SMALL.get(name, {}), "conv_impl": "xla"}
+        twin = build_model(spec, classes, shape)
+        tree = jax.eval_shape(lambda: init_params(twin, shape, KEY))
+        assert jax.tree.map(lambda a: a.shape, tree) == jax.tree.map(
+            lambda a: a.shape[1:], stacked
+        )
+        lax_conv = lambda p, x: twin.apply({"params": p}, x)
+        y_xla = jax.jit(jax.vmap(lax_conv, in_axes=(0, None)))(stacked, x)
+        np.testing.assert_allclose(y_xla, ys, rtol=1e-5, atol=1e-5)
 
 
 def test_femnist_cnn_exact_parameter_count():
@@ -171,6 +185,118 @@ def test_alexnet_parameter_count():
     assert _abstract_count(model, (32, 32, 3)) == expected
 
 
+def _same_tree(a, b) -> bool:
+    same = jax.tree.map(lambda u, v: u.shape == v.shape and bool((u == v).all()), a, b)
+    return jax.tree.structure(a) == jax.tree.structure(b) and jax.tree.all(same)
+
+
+def _random_like(tree):
+    """Random parameters shaped like ``tree`` (no init to compile).
+
+    Kernels ~ N(0, 1 / fan_in) (LeCun), vectors (biases, norm scales) ~ N(0, 0.1).
+    """
+
+    def draw(leaf):
+        fan_in = np.prod(leaf.shape[:-1]) if len(leaf.shape) > 1 else 100
+        return jnp.asarray(RNG.normal(size=leaf.shape) / np.sqrt(fan_in), jnp.float32)
+
+    return jax.tree.map(draw, tree)
+
+
+def test_conv_init_is_flax_conv_init():
+    # Same names, shapes and values for the same key, with and without bias.
+    x = jnp.zeros((1, 6, 6, 3))
+    layers = [
+        (cls(4, (k, k), use_bias=bias), Conv(4, (k, k), use_bias=bias, impl=impl))
+        for cls in (nn.Conv,)
+        for k in (1, 5)
+        for bias in (True, False)
+        for impl in ("xla", "matmul")
+    ]
+    inits = jax.jit(lambda x: [(a.init(KEY, x), b.init(KEY, x)) for a, b in layers])
+    for ref, ours in inits(x):
+        assert _same_tree(ours, ref)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_matmul_conv_is_flax_conv(padding, strides, size):
+    # 9x9 inputs: odd sizes give SAME pads that differ top/bottom at stride 2.
+    x = jnp.asarray(RNG.normal(size=(2, 9, 9, 3)), jnp.float32)
+    window = (size, size)
+    ref = nn.Conv(4, window, strides, padding=padding)
+    convs = [Conv(4, window, strides, padding, impl=i) for i in ("xla", "matmul")]
+    params = _random_like(jax.eval_shape(ref.init, KEY, x))
+    apply = jax.jit(lambda p, x: [m.apply(p, x) for m in (ref, *convs)])
+    expected, *outs = apply(params, x)
+    for y in outs:
+        assert y.shape == expected.shape
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_conv_under_vmap_over_peers():
+    # Three peers with their own weights and images, as the engine lifts them.
+    x = jnp.asarray(RNG.normal(size=(3, 2, 7, 7, 5)), jnp.float32)
+    convs = {impl: Conv(6, (3, 3), 2, impl=impl) for impl in ("xla", "matmul")}
+    shapes = jax.eval_shape(convs["xla"].init, KEY, x[0])
+    peers = [_random_like(shapes) for _ in range(3)]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *peers)
+
+    def loss(conv, params, x):
+        return jnp.sum(jnp.sin(conv.apply(params, x)))
+
+    @jax.jit
+    def run(stacked, x):
+        out = {
+            impl: jax.vmap(jax.value_and_grad(lambda p, x, c=c: loss(c, p, x)))(
+                stacked, x
+            )
+            for impl, c in convs.items()
+        }
+        mm = convs["matmul"]
+        one = jax.tree.map(lambda a: a[2], stacked)
+        # Any leading batch axes: one example, two axes.
+        views = mm.apply(one, x[2, 1]), mm.apply(one, x[2].reshape(2, 1, 7, 7, 5))
+        return out, loss(mm, one, x[2]), mm.apply(one, x[2]), views
+
+    out, single, y, (example, grid) = run(stacked, x)
+    (lx, gx), (lm, gm) = out["xla"], out["matmul"]
+    np.testing.assert_allclose(lm, lx, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), gm, gx)
+    np.testing.assert_allclose(lm[2], single, rtol=1e-5)
+    assert not np.allclose(lx[0], lx[1])  # peers do differ
+    np.testing.assert_allclose(example, y[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grid.reshape(y.shape), y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_reshape_max_pool_is_flax_max_pool(padding):
+    ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding=padding)
+    ours = lambda x: max_pool_2x2(x, padding)
+
+    @jax.jit
+    def run(x):  # values and gradients (tie-free inputs); an extra batch axis
+        grad = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x))))(x)
+        return ours(x), ref(x), grad(ours), grad(ref), ours(x[None])[0]
+
+    # Odd and even sides; the smallest map each padding accepts.
+    smallest = (1, 1, 1, 2) if padding == "SAME" else (1, 3, 3, 2)
+    for shape in [(2, 7, 6, 3), smallest]:
+        x = jnp.asarray(RNG.normal(size=shape), jnp.float32)
+        y, y_ref, g, g_ref, grid = run(x)
+        assert y.shape == y_ref.shape
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(grid, y_ref)
+        np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-7)
+
+
+def test_auto_conv_impl_is_matmul_on_cpu():
+    expected = "matmul" if jax.default_backend() == "cpu" else "xla"
+    assert resolve_conv_impl("auto") == expected
+    assert build_model({"name": "cnn"}, 10, (8, 8, 1)).conv_impl == "auto"
+
+
 def _error(spec, shape=(8, 8, 1)) -> ScenarioError:
     with pytest.raises(ScenarioError) as info:
         build_model(spec, 10, shape)
@@ -190,6 +316,7 @@ def _error(spec, shape=(8, 8, 1)) -> ScenarioError:
         ({"name": "lenet", "padding": "VALID"}, (8, 8, 1), "model.padding", "16"),
         ({"name": "resnet", "depth": 9}, (8, 8, 1), "model.depth", "6k+2"),
         ({"name": "resnet", "groups": 0}, (8, 8, 1), "model.groups", "0"),
+        ({"name": "cnn", "conv_impl": "fft"}, (8, 8, 1), "model.conv_impl", "fft"),
     ],
 )
 def test_registry_errors_are_one_line(spec, shape, path, words):

@@ -2,7 +2,9 @@
 
 Convolutions and pools use ``"SAME"`` padding, so they work on any image size
 (8x8 digits included: a 2x2/stride-2 ``SAME`` pool of a 1x1 map is 1x1). On even
-sizes a ``SAME`` 2x2/stride-2 pool is the usual ``VALID`` one.
+sizes a ``SAME`` 2x2/stride-2 pool is the usual ``VALID`` one. Convolutions and
+pools are the vmap-friendly ones of :mod:`workbench.models.layers`; the
+``conv_impl`` option picks patches + matmul (``"auto"``: on CPU) or ``lax.conv``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,7 @@ from workbench.models.base import (
     image_shape,
     unflatten_batch,
 )
-
-
-def _pool(x: jax.Array, padding: str = "SAME") -> jax.Array:
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding=padding)
+from workbench.models.layers import Conv, ConvImpl, max_pool_2x2
 
 
 class FemnistCNN(nn.Module):
@@ -38,12 +37,14 @@ class FemnistCNN(nn.Module):
     num_classes: int
     input_shape: tuple[int, ...]
     hidden: int = 512
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x, batch = flatten_images(x, self.input_shape)
         for features in (32, 64):
-            x = _pool(nn.relu(nn.Conv(features, (5, 5), padding="SAME")(x)))
+            conv = Conv(features, (5, 5), padding="SAME", impl=self.conv_impl)
+            x = max_pool_2x2(nn.relu(conv(x)))
         x = nn.relu(nn.Dense(self.hidden)(x.reshape((x.shape[0], -1))))
         return unflatten_batch(nn.Dense(self.num_classes)(x), batch)
 
@@ -59,13 +60,14 @@ class LeNet(nn.Module):
     input_shape: tuple[int, ...]
     groups: int = 2
     padding: str = "SAME"
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x, batch = flatten_images(x, self.input_shape)
         for features in (6, 16):
-            x = nn.Conv(features, (5, 5), padding=self.padding)(x)
-            x = _pool(nn.relu(group_norm(self.groups)(x)), self.padding)
+            x = Conv(features, (5, 5), padding=self.padding, impl=self.conv_impl)(x)
+            x = max_pool_2x2(nn.relu(group_norm(self.groups)(x)), self.padding)
         x = x.reshape((x.shape[0], -1))
         for width in (120, 84):
             x = nn.relu(nn.Dense(width)(x))
@@ -84,29 +86,41 @@ class AlexNet(nn.Module):
     num_classes: int
     input_shape: tuple[int, ...]
     hidden: int = 4096
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        conv = lambda features, strides=1: Conv(
+            features, (3, 3), strides, padding="SAME", impl=self.conv_impl
+        )
         x, batch = flatten_images(x, self.input_shape)
-        x = _pool(nn.relu(nn.Conv(64, (3, 3), strides=(2, 2), padding="SAME")(x)))
-        x = _pool(nn.relu(nn.Conv(192, (3, 3), padding="SAME")(x)))
+        x = max_pool_2x2(nn.relu(conv(64, 2)(x)))
+        x = max_pool_2x2(nn.relu(conv(192)(x)))
         for features in (384, 256, 256):
-            x = nn.relu(nn.Conv(features, (3, 3), padding="SAME")(x))
-        x = _pool(x).reshape((x.shape[0], -1))
+            x = nn.relu(conv(features)(x))
+        x = max_pool_2x2(x).reshape((x.shape[0], -1))
         for _ in range(2):
             x = nn.relu(nn.Dense(self.hidden)(x))
         return unflatten_batch(nn.Dense(self.num_classes)(x), batch)
 
 
 @MODELS.register("cnn")
-def cnn(num_classes: int, input_shape: tuple, hidden: PositiveInt = 512) -> nn.Module:
+def cnn(
+    num_classes: int,
+    input_shape: tuple,
+    hidden: PositiveInt = 512,
+    conv_impl: ConvImpl = "auto",
+) -> nn.Module:
     """The FEMNIST CNN (decentralizepy's; LEAF's TensorFlow original: hidden 2048).
 
     Args:
       hidden: width of the dense layer; 28x28x1 inputs give 7*7*64 features.
+      conv_impl: ``"matmul"`` (patches + matmul), ``"xla"`` (``lax.conv``) or
+        ``"auto"`` (matmul on CPU); same parameters and outputs, see
+        :mod:`workbench.models.layers`.
     """
     image_shape("cnn", input_shape)
-    return FemnistCNN(num_classes, tuple(input_shape), hidden)
+    return FemnistCNN(num_classes, tuple(input_shape), hidden, conv_impl)
 
 
 @MODELS.register("lenet")
@@ -115,6 +129,7 @@ def lenet(
     input_shape: tuple,
     groups: PositiveInt = 2,
     padding: Literal["SAME", "VALID"] = "SAME",
+    conv_impl: ConvImpl = "auto",
 ) -> nn.Module:
     """LeNet-5 with GroupNorm.
 
@@ -122,6 +137,7 @@ def lenet(
       groups: GroupNorm groups; must divide 6 and 16 (so 1 or 2).
       padding: ``"VALID"`` is the classic LeNet-5 (32x32 -> 5x5x16 features);
         it needs images of at least 16x16. ``"SAME"`` works on any size.
+      conv_impl: convolution implementation, as for ``cnn``.
     """
     shape = image_shape("lenet", input_shape)
     check_groups((6, 16), groups)
@@ -131,7 +147,7 @@ def lenet(
             f"'VALID' LeNet needs images of at least 16x16, got {shape[:2]}; "
             "use padding: SAME",
         )
-    return LeNet(num_classes, tuple(input_shape), groups, padding)
+    return LeNet(num_classes, tuple(input_shape), groups, padding, conv_impl)
 
 
 def _valid_lenet_size(size: int) -> int:
@@ -141,12 +157,16 @@ def _valid_lenet_size(size: int) -> int:
 
 @MODELS.register("alexnet")
 def alexnet(
-    num_classes: int, input_shape: tuple, hidden: PositiveInt = 4096
+    num_classes: int,
+    input_shape: tuple,
+    hidden: PositiveInt = 4096,
+    conv_impl: ConvImpl = "auto",
 ) -> nn.Module:
     """AlexNet sized for 32x32 images (CIFAR-10, as in the HiPS FedAvg demo).
 
     Args:
       hidden: width of the two dense hidden layers.
+      conv_impl: convolution implementation, as for ``cnn``.
     """
     image_shape("alexnet", input_shape)
-    return AlexNet(num_classes, tuple(input_shape), hidden)
+    return AlexNet(num_classes, tuple(input_shape), hidden, conv_impl)

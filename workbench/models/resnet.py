@@ -33,6 +33,7 @@ from workbench.models.base import (
     image_shape,
     unflatten_batch,
 )
+from workbench.models.layers import Conv, ConvImpl
 
 # depth -> (block, blocks per stage) of the ImageNet ResNets.
 _LAYOUTS = {
@@ -45,10 +46,8 @@ _LAYOUTS = {
 _EXPANSION = {"basic": 1, "bottleneck": 4}
 
 
-def _conv(features: int, size: int, strides: int = 1) -> nn.Conv:
-    return nn.Conv(
-        features, (size, size), (strides, strides), padding="SAME", use_bias=False
-    )
+def _conv(features: int, size: int, strides: int, impl: ConvImpl) -> Conv:
+    return Conv(features, (size, size), strides, "SAME", use_bias=False, impl=impl)
 
 
 class BasicBlock(nn.Module):
@@ -58,13 +57,15 @@ class BasicBlock(nn.Module):
     strides: int = 1
     groups: int = 2
     group_size: int | None = None
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         norm = lambda: group_norm(self.groups, self.group_size)
-        y = nn.relu(norm()(_conv(self.features, 3, self.strides)(x)))
-        y = norm()(_conv(self.features, 3)(y))
-        return nn.relu(y + _shortcut(x, self.features, self.strides, norm))
+        conv = lambda f, size, strides=1: _conv(f, size, strides, self.conv_impl)
+        y = nn.relu(norm()(conv(self.features, 3, self.strides)(x)))
+        y = norm()(conv(self.features, 3)(y))
+        return nn.relu(y + _shortcut(x, self.features, self.strides, norm, conv))
 
 
 class Bottleneck(nn.Module):
@@ -74,22 +75,24 @@ class Bottleneck(nn.Module):
     strides: int = 1
     groups: int = 2
     group_size: int | None = None
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         norm = lambda: group_norm(self.groups, self.group_size)
+        conv = lambda f, size, strides=1: _conv(f, size, strides, self.conv_impl)
         out = self.features * _EXPANSION["bottleneck"]
-        y = nn.relu(norm()(_conv(self.features, 1)(x)))
-        y = nn.relu(norm()(_conv(self.features, 3, self.strides)(y)))
-        y = norm()(_conv(out, 1)(y))
-        return nn.relu(y + _shortcut(x, out, self.strides, norm))
+        y = nn.relu(norm()(conv(self.features, 1)(x)))
+        y = nn.relu(norm()(conv(self.features, 3, self.strides)(y)))
+        y = norm()(conv(out, 1)(y))
+        return nn.relu(y + _shortcut(x, out, self.strides, norm, conv))
 
 
-def _shortcut(x: jax.Array, features: int, strides: int, norm) -> jax.Array:
+def _shortcut(x: jax.Array, features: int, strides: int, norm, conv) -> jax.Array:
     """Identity, or a strided 1x1 projection + GroupNorm when shapes change."""
     if strides == 1 and x.shape[-1] == features:
         return x
-    return norm()(_conv(features, 1, strides)(x))
+    return norm()(conv(features, 1, strides)(x))
 
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -106,6 +109,8 @@ class ResNet(nn.Module):
       width: channels of the stem and of the first stage.
       groups: GroupNorm groups (ignored when ``group_size`` is set).
       group_size: channels per GroupNorm group.
+      conv_impl: ``"matmul"``, ``"xla"`` or ``"auto"``; see
+        :mod:`workbench.models.layers`.
     """
 
     num_classes: int
@@ -115,16 +120,18 @@ class ResNet(nn.Module):
     width: int = 64
     groups: int = 2
     group_size: int | None = None
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x, batch = flatten_images(x, self.input_shape)
-        x = nn.relu(group_norm(self.groups, self.group_size)(_conv(self.width, 3)(x)))
+        stem = _conv(self.width, 3, 1, self.conv_impl)
+        x = nn.relu(group_norm(self.groups, self.group_size)(stem(x)))
+        block, options = _BLOCKS[self.block], (self.groups, self.group_size)
         for i, size in enumerate(self.stage_sizes):
             for j in range(size):
                 strides = 2 if i > 0 and j == 0 else 1
-                block = _BLOCKS[self.block]
-                x = block(self.width * 2**i, strides, self.groups, self.group_size)(x)
+                x = block(self.width * 2**i, strides, *options, self.conv_impl)(x)
         x = x.mean(axis=(1, 2))
         return unflatten_batch(nn.Dense(self.num_classes)(x), batch)
 
@@ -154,6 +161,7 @@ def resnet(
     width: PositiveInt | None = None,
     groups: PositiveInt = 2,
     group_size: PositiveInt | None = None,
+    conv_impl: ConvImpl = "auto",
 ) -> nn.Module:
     """A GroupNorm ResNet with a CIFAR-style 3x3 stem.
 
@@ -164,6 +172,7 @@ def resnet(
       groups: GroupNorm groups per layer.
       group_size: channels per GroupNorm group instead of ``groups`` (the
         ETRI study's ``group_channels``).
+      conv_impl: convolution implementation (``"auto"``: matmul on CPU).
     """
     image_shape("resnet", input_shape)
     block, stages = resnet_layout(depth)
@@ -172,5 +181,12 @@ def resnet(
     channels = [width, *widths, *(_EXPANSION[block] * w for w in widths)]
     check_groups(channels, groups, group_size)
     return ResNet(
-        num_classes, tuple(input_shape), stages, block, width, groups, group_size
+        num_classes,
+        tuple(input_shape),
+        stages,
+        block,
+        width,
+        groups,
+        group_size,
+        conv_impl,
     )

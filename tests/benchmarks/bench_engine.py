@@ -1,0 +1,250 @@
+"""Local-step throughput: the engine's lifted step vs a per-peer loop vs one model.
+
+Run (not part of the default suite; ~3 min on the 2-core CPU)::
+
+    /work/venv/bin/pytest tests/benchmarks/bench_engine.py --benchmark-enable \\
+        -o addopts="" -p no:cacheprovider
+
+One local SGD step (batch 16 per peer, synthetic data) for n in {16, 64, 256}
+peers of the MLP (784-200-200-10 on 28x28x1 inputs) and the FEMNIST CNN (62
+classes), three ways:
+
+- ``engine``: the workbench's own step: ``dsgd(...).local`` lifted with
+  ``lift(fn, *default_strategy(...))`` under ``jax.jit`` with the stacked
+  state donated, the model as the registry builds it (``conv_impl: auto``).
+  It returns the new state; the outbox (the same parameters, for ATC) is
+  dropped, as the engine's exchange consumes it inside the same jit.
+- ``loop``: the reference baseline, a Python loop calling one jitted (donated)
+  per-peer step n times: ``value_and_grad`` + the same optax update.
+- ``summed``: one model, one step of that reference step on the summed batch
+  (16 n examples): what the hardware does without per-peer weights.
+
+All three use the registry's model: on CPU its convolutions are patches +
+matmul (``conv_impl: auto``), on balance also the fastest formulation for one
+peer (CNN, loop over 64 peers, three interleaved runs: 18-28 ms vs 24-27 ms
+per peer-step with ``lax.conv``; summed batch of 1024: 1.6 s vs 1.9 s).
+
+``extra_info`` of each case: ``ms_per_step`` (median), ``peer_steps_per_s``,
+``gflops`` (n x ``flops_per_peer_step``, the XLA cost-analysis FLOPs of the
+single-peer reference step, over the median time; the same useful work for the
+three variants; the CNN's patches + matmul count the SAME padding's zeros) and
+``frac_of_matmul`` (that over a 2048^3 float32 matmul's FLOP/s, measured in
+the same session). The last case prints the table with the ratios
+engine/loop and engine/summed of peer-steps/s (> 1: the engine is faster).
+"""
+
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from workbench.algorithms import dsgd
+from workbench.execution import default_strategy, lift
+from workbench.models import build_model, init_params
+from workbench.objective import Batch, make_loss
+
+BATCH = 16
+LR = 0.05
+MODELS = {  # name -> (model section, input shape, classes)
+    "mlp": ({"name": "mlp", "hidden": [200, 200]}, (28, 28, 1), 10),
+    "cnn": ({"name": "cnn"}, (28, 28, 1), 62),
+}
+NS = (16, 64, 256)
+VARIANTS = ("engine", "loop", "summed")
+ROUNDS = {"mlp": {16: 30, 64: 20, 256: 10}, "cnn": {16: 7, 64: 5, 256: 2}}
+CASES = [(m, n, v) for m in MODELS for n in NS for v in VARIANTS]
+RESULTS: dict = {}  # (model, n, variant) -> extra_info
+KEY = jax.random.key(0, impl="philox2x32")  # threefry compiles slowly on CPU
+
+
+@pytest.fixture(scope="session")
+def matmul_flops() -> float:
+    """FLOP/s of a 2048^3 float32 matmul (median of 5), the machine's peak."""
+    a = jax.random.normal(jax.random.key(1), (2048, 2048), jnp.float32)
+    mm = jax.jit(jnp.matmul).lower(a, a).compile()
+    jax.block_until_ready(mm(a, a))
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        jax.block_until_ready(mm(a, a))
+        times.append(time.perf_counter() - start)
+    return 2 * 2048**3 / statistics.median(times)
+
+
+def _model(name: str):
+    spec, shape, classes = MODELS[name]
+    model = build_model(spec, classes, shape)
+    return lambda params, x: model.apply({"params": params}, x), model
+
+
+def _batches(name: str, n: int) -> Batch:
+    """(n, 1, 16, *shape) synthetic images and labels: one step per peer."""
+    _, shape, classes = MODELS[name]
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 1, BATCH, *shape)).astype(np.float32)
+    y = rng.integers(0, classes, size=(n, 1, BATCH)).astype(np.int32)
+    return Batch(jnp.asarray(x), jnp.asarray(y), jnp.ones((n, 1, BATCH), jnp.float32))
+
+
+def _params(name: str, n: int):
+    """n copies of one initialization, stacked: leaves (n, ...)."""
+    _, model = _model(name)
+    params = init_params(model, MODELS[name][1], KEY)
+    return jax.tree.map(lambda p: jnp.broadcast_to(p, (n, *p.shape)), params)
+
+
+def _reference_step(name: str):
+    """``step(params, opt_state, batch) -> (params, opt_state)`` for one model."""
+    apply_fn, _ = _model(name)
+    loss_fn, opt = make_loss(apply_fn), optax.sgd(LR)
+
+    def step(params, opt_state, batch):
+        grads = jax.grad(loss_fn)(params, batch)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return step, opt
+
+
+def _engine(name: str, n: int):
+    """The workbench's lifted D-SGD local step over the stacked state."""
+    apply_fn, _ = _model(name)
+    algorithm = dsgd(make_loss(apply_fn), optax.sgd(LR))
+    lifted = lift(algorithm.local, *default_strategy(jax.default_backend(), n))
+    step = jax.jit(lambda s, b, k: lifted(s, b, k)[0], donate_argnums=0)
+    keys = jax.random.split(KEY, n)
+    state = [jax.jit(jax.vmap(algorithm.init))(_params(name, n), keys)]
+    batches = _batches(name, n)
+    compiled = step.lower(state[0], batches, keys).compile()
+
+    def run():
+        state[0] = compiled(state[0], batches, keys)
+        return jax.block_until_ready(state[0])
+
+    return run
+
+
+def _loop(name: str, n: int):
+    """A Python loop over n per-peer states, one jitted donated step each."""
+    step, opt = _reference_step(name)
+    stacked, batches = _params(name, n), _batches(name, n)
+    peer = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
+    states = [(peer(stacked, i), opt.init(peer(stacked, i))) for i in range(n)]
+    data = [jax.tree.map(lambda a, i=i: a[i, 0], batches) for i in range(n)]
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*states[0], data[0])
+    compiled = compiled.compile()
+
+    def run():
+        for i in range(n):
+            states[i] = compiled(*states[i], data[i])
+        return jax.block_until_ready(states)
+
+    return run
+
+
+def _summed(name: str, n: int):
+    """One model, one reference step on the n batches concatenated."""
+    step, opt = _reference_step(name)
+    params = jax.tree.map(lambda a: a[0], _params(name, 1))
+    batch = jax.tree.map(
+        lambda a: a.reshape(n * BATCH, *a.shape[3:]), _batches(name, n)
+    )
+    state = [(params, opt.init(params))]
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*state[0], batch).compile()
+
+    def run():
+        state[0] = compiled(*state[0], batch)
+        return jax.block_until_ready(state[0])
+
+    return run
+
+
+BUILDERS = {"engine": _engine, "loop": _loop, "summed": _summed}
+
+
+@functools.cache
+def _peer_step_flops(name: str) -> float:
+    """XLA cost-analysis FLOPs of the single-peer reference step."""
+    step, opt = _reference_step(name)
+    params = jax.tree.map(lambda a: a[0], _params(name, 1))
+    batch = jax.tree.map(lambda a: a[0, 0], _batches(name, 1))
+    compiled = jax.jit(step).lower(params, opt.init(params), batch).compile()
+    cost = compiled.cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+def _lift_name(n: int) -> str:
+    strategy, chunk = default_strategy(jax.default_backend(), n)
+    return strategy if chunk is None else f"{strategy}/{chunk}"
+
+
+@pytest.mark.parametrize(
+    "name,n,variant", CASES, ids=[f"{m}-{n}-{v}" for m, n, v in CASES]
+)
+def test_local_step(benchmark, matmul_flops, name, n, variant):
+    run = BUILDERS[variant](name, n)
+    benchmark.group = f"{name}-{n}"
+    benchmark.pedantic(run, rounds=ROUNDS[name][n], iterations=1, warmup_rounds=1)
+    seconds = benchmark.stats.stats.median
+    flops = n * _peer_step_flops(name) / seconds
+    info = {
+        "flops_per_peer_step": _peer_step_flops(name),
+        "ms_per_step": 1e3 * seconds,
+        "peer_steps_per_s": n / seconds,
+        "gflops": flops / 1e9,
+        "frac_of_matmul": flops / matmul_flops,
+        "matmul_gflops": matmul_flops / 1e9,
+        "lift": _lift_name(n) if variant == "engine" else variant,
+    }
+    benchmark.extra_info.update(info)
+    RESULTS[(name, n, variant)] = info
+
+
+def test_variants_compute_the_same_step():
+    """Engine and loop take the same step (n = 3, fresh states; not timed)."""
+    for name in MODELS:
+        n = 3
+        engine, loop = _engine(name, n), _loop(name, n)
+        stacked = engine().params
+        per_peer = [params for params, _ in loop()]
+        for i in range(n):
+            got = jax.tree.map(lambda a, i=i: a[i], stacked)
+            jax.tree.map(
+                lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                got,
+                per_peer[i],
+            )
+
+
+def test_summary(capsys):
+    """Prints the table: ms/step, peer-steps/s, GFLOP/s, fraction of matmul."""
+    lines = [
+        "",
+        f"{'model':6s} {'n':>4s} {'variant':8s} {'ms/step':>9s} {'peer-st/s':>10s} "
+        f"{'GFLOP/s':>8s} {'of mm':>6s}  ratio (engine speed / this)",
+    ]
+    for name, n, variant in CASES:
+        info = RESULTS.get((name, n, variant))
+        if info is None:
+            continue
+        engine = RESULTS.get((name, n, "engine"))
+        ratio = (
+            f"{engine['peer_steps_per_s'] / info['peer_steps_per_s']:.2f}"
+            if engine and variant != "engine"
+            else ""
+        )
+        lines.append(
+            f"{name:6s} {n:4d} {variant:8s} {info['ms_per_step']:9.1f} "
+            f"{info['peer_steps_per_s']:10.1f} {info['gflops']:8.1f} "
+            f"{info['frac_of_matmul']:6.2f}  {ratio}"
+        )
+    if RESULTS:
+        mm = next(iter(RESULTS.values()))["matmul_gflops"]
+        lines.append(f"2048^3 float32 matmul: {mm:.1f} GFLOP/s")
+    with capsys.disabled():
+        print("\n".join(lines))
