@@ -54,13 +54,16 @@ def lift(fn: Callable, strategy: str = "vmap", peers_per_chunk: int | None = Non
 
 
 def default_strategy(backend: str, num_peers: int) -> tuple[str, int | None]:
-    """The strategy ``auto`` resolves to.
+    """The strategy ``auto`` resolves to: full vmap, on every backend.
 
-    Full vmap on every backend: on the 2-core CPU, chunked ``lax.map``/``scan``
-    and unrolled chunks never beat it (MLP and CNN, 16-256 peers; see the
-    execution benchmark), and on accelerators it is the natural choice. What
-    makes vmap fast for conv models on CPU is the matmul convolution of
-    workbench.models (``conv_impl: auto``), not the chunking.
+    Measured on the 2-core CPU (tests/benchmarks/bench_engine.py): chunking is a
+    memory/cache trade-off that depends on activation size. For the FEMNIST CNN
+    on 28x28 inputs, ``map`` with 1-4 peers per chunk was 1.3-1.5x faster than
+    full vmap (one peer's patches fit in L3, n peers' do not); for the same CNN
+    on 8x8 digits and for MLPs, full vmap was faster. Pick ``strategy: map,
+    peers_per_chunk: 4`` for large conv models on CPU. What makes vmap fast for
+    conv models on CPU at all is the matmul convolution of workbench.models
+    (``conv_impl: auto``): vmapped grouped XLA convolutions were 27x slower.
     """
     del backend, num_peers
     return "vmap", None
