@@ -26,7 +26,7 @@ from workbench.rounds import (
     PeerData,
     RoundSpec,
     make_chunk,
-    make_eval,
+    make_evaluate,
     root_key,
 )
 from workbench.scenario import algorithm_parts
@@ -99,7 +99,7 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         spec=spec,
         topology=topology,
         chunk=make_chunk(spec, sc.seed),
-        evaluate=make_eval(apply_fn, lifted, EVAL_BATCH),
+        evaluate=make_evaluate(apply_fn, lifted, EVAL_BATCH),
         state=state,
         data=_device(PeerData(*fed.train)),
         eval_data=_eval_data(fed),

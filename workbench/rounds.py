@@ -144,7 +144,7 @@ class Evaluation(NamedTuple):
     finite: jax.Array  # () bool: every parameter is finite
 
 
-def make_eval(apply_fn: Callable, lift: Callable, batch_size: int) -> Callable:
+def make_evaluate(apply_fn: Callable, lift: Callable, batch_size: int) -> Callable:
     """``evaluate(params (n, ...), data: EvalData) -> Evaluation`` (jitted)."""
 
     def own(params, x, y, size):

@@ -60,7 +60,7 @@ def _ratio(num, den) -> np.ndarray:
     return np.asarray(num) / np.maximum(np.asarray(den), 1.0)
 
 
-def rows_from_eval(
+def rows_from_evaluation(
     ev: Evaluation,
     round_: int,
     wall: float,
@@ -228,7 +228,7 @@ def simulate(
                 totals.wall,
             )
             wall = totals.wall + time.perf_counter() - t0
-            row, peer_rows = rows_from_eval(
+            row, peer_rows = rows_from_evaluation(
                 ev,
                 totals.round,
                 wall,
