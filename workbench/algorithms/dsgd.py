@@ -20,7 +20,7 @@ from workbench.algorithms.base import Algorithm, LossFn, PyTree, local_steps
 class DSGDState(NamedTuple):
     params: PyTree  # leaves (...) per peer; (n, ...) once stacked
     opt_state: PyTree  # the local optimizer's state, same stacking
-    update: PyTree  # CTA only: pending local update x_adapted - x; zeros for ATC
+    update: PyTree  # CTA: pending local update x_adapted - x, like params; ATC: None
     loss: jax.Array  # () mean training loss of the last local steps
 
 
@@ -33,8 +33,8 @@ def dsgd(
 
     def init(params, key):
         del key
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        return DSGDState(params, local_opt.init(params), zeros, jnp.zeros(()))
+        update = jax.tree.map(jnp.zeros_like, params) if order == "cta" else None
+        return DSGDState(params, local_opt.init(params), update, jnp.zeros(()))
 
     def local(state, batches, key):
         del key

@@ -5,14 +5,17 @@ on the device; ``mix(arrays, tree)`` computes ``W x`` per leaf; ``from_matrix``
 builds arrays from a host W and ``choose_kernel`` picks the fastest kernel.
 """
 
-from workbench.comm.arrays import KERNEL_NAMES, KernelArrays
-from workbench.comm.host import choose_kernel, circulant_offsets, from_matrix
-from workbench.comm.kernels import (
+from workbench.comm.arrays import (
+    KERNEL_NAMES,
     Dense,
+    KernelArrays,
     Mean,
     Roll,
     Segment,
     Table,
+)
+from workbench.comm.host import choose_kernel, circulant_offsets, from_matrix
+from workbench.comm.kernels import (
     can_convert,
     convert,
     gather,

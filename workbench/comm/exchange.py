@@ -11,7 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from workbench.comm.kernels import Dense, KernelArrays, Mean, Roll, Segment, Table, mix
+from workbench.comm.arrays import Dense, KernelArrays, Mean, Roll, Segment, Table
+from workbench.comm.kernels import mix
 
 
 def average(outbox, arrays: KernelArrays, weights: jax.Array, n: int):
@@ -76,9 +77,24 @@ _SENT = {
 }
 
 
-def messages_sent(kind: str, arrays: KernelArrays, weights: jax.Array, n: int):
-    """Per-peer sent message counts (n,) and the server's sent count ()."""
-    if kind == "server":
-        active = (weights > 0).astype(jnp.float32)
-        return active, jnp.sum(active)
+def _sent_average(arrays: KernelArrays, active: jax.Array, n: int):
+    del active
     return _SENT[type(arrays)](arrays, n), jnp.zeros(())
+
+
+def _sent_server(arrays: KernelArrays, active: jax.Array, n: int):
+    del arrays, n
+    uploads = (active > 0).astype(jnp.float32)
+    return uploads, jnp.sum(uploads)  # the server sends each uploader the model
+
+
+SENT_BY_EXCHANGE = {"average": _sent_average, "server": _sent_server}
+
+
+def messages_sent(kind: str, arrays: KernelArrays, active: jax.Array, n: int):
+    """Per-peer sent message counts (n,) and the server's sent count ().
+
+    Args:
+      active: (n,) aggregation weight of each peer this round, 0 if not sampled.
+    """
+    return SENT_BY_EXCHANGE[kind](arrays, active, n)

@@ -35,26 +35,6 @@ from workbench.comm.arrays import (
     Table,
     weight_dtype,
 )
-from workbench.comm.host import choose_kernel, circulant_offsets, from_matrix
-
-__all__ = [
-    "KERNEL_NAMES",
-    "NAME_OF",
-    "Dense",
-    "KernelArrays",
-    "Mean",
-    "Roll",
-    "Segment",
-    "Table",
-    "can_convert",
-    "choose_kernel",
-    "circulant_offsets",
-    "convert",
-    "from_matrix",
-    "gather",
-    "kernel_name",
-    "mix",
-]
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
