@@ -42,3 +42,11 @@ def one_of(word: str, choices: Iterable[str]) -> str:
     """Message for an unknown name: lists the valid ones and the nearest."""
     choices = sorted(choices)
     return f"unknown '{word}'{did_you_mean(word, choices)}; expected one of {choices}"
+
+
+def warn(message: str) -> None:
+    """Prints one ``workbench: warning: ...`` line on stderr (no traceback, no source
+    line, unlike ``warnings.warn``); the run goes on."""
+    import sys
+
+    print(f"workbench: warning: {message}", file=sys.stderr)
