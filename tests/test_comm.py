@@ -16,7 +16,6 @@ from workbench.comm import (
     choose_kernel,
     convert,
     from_matrix,
-    gather,
     kernel_name,
     mix,
 )
@@ -118,18 +117,11 @@ def test_width_padding_keeps_the_result():
         from_matrix("table", W, 2)
 
 
-def test_table_column_zero_is_self_and_gather_matches_mix():
+def test_table_column_zero_is_self():
     W = FAMILIES["star"]
     table = from_matrix("table", W)
     np.testing.assert_array_equal(table.idx[:, 0], np.arange(24))
     np.testing.assert_allclose(table.weight[:, 0], np.diag(W), atol=1e-7)
-    x = _tree(24)
-    msgs = jax.jit(gather)(table, x)
-    assert msgs["w"].shape == (24, table.idx.shape[1], 3, 2)
-    manual = jnp.einsum("nk,nkab->nab", table.weight, msgs["w"])
-    np.testing.assert_allclose(manual, MIX(table, x)["w"], atol=2e-6)
-    roll = from_matrix("roll", FAMILIES["ring"])
-    assert gather(roll, x)["b"].shape == (24, 3)
 
 
 def test_conversions_agree():

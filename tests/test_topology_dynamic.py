@@ -9,14 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from workbench.comm import KERNEL_NAMES, Roll, Table, mix
 from workbench.comm.host import to_host
 from workbench.errors import ScenarioError
+from workbench.rounds import TOPOLOGY, round_key
 from workbench.topology import TOPOLOGIES, Periodic, build_topology
 from workbench.topology.base_k import base_graph
 from workbench.topology.build import SAMPLED_ROUNDS
-from workbench.topology.diagnostics import KEY_IMPL, sample_rounds
+from workbench.topology.diagnostics import dynamic_info, sample_rounds
 
 N = 16
 
@@ -28,12 +30,12 @@ def _strict_ranks():
 
 
 def _key(t, seed=0):
-    """The key ``sample_rounds`` uses for round t."""
-    return jax.random.fold_in(jax.random.key(seed, impl=KEY_IMPL), t)
+    """The key the run (and so ``sample_rounds``) draws round t's topology from."""
+    return round_key(seed, jnp.int32(t), TOPOLOGY)
 
 
 def _rounds(spec, n=N, seed=0, count=SAMPLED_ROUNDS):
-    """Host W_0 .. W_{count-1} of a topology (keys fold_in(key(seed), t))."""
+    """Host W_0 .. W_{count-1} of a topology (keys round_key(seed, t, TOPOLOGY))."""
     built = TOPOLOGIES.build(spec, "topology", n=n, seed=0)
     if isinstance(built, Periodic):
         return [built.Ws[t % len(built.Ws)].toarray() for t in range(count)]
@@ -199,6 +201,37 @@ def test_dynamic_mix_equals_dense_w_t_without_retracing(spec, kernel):
         for leaf, ref in zip(jax.tree.leaves(out), jax.tree.leaves(x), strict=True):
             np.testing.assert_allclose(leaf, np.tensordot(W, ref, axes=1), atol=2e-5)
     assert len(traces) == 1
+
+
+RANDOM = [
+    {"name": "peer_sampler", "d": 3},
+    {"name": "el_local", "s": 2},
+    {"name": "od_equidyn"},
+    {"name": "link_failures", "p": 0.3},
+]
+
+
+@pytest.mark.parametrize("spec", RANDOM, ids=[s["name"] for s in RANDOM])
+def test_diagnostics_describe_the_rounds_the_run_trains_on(spec):
+    """Diagnosed W_t == the run's ``at(data, t, round_key(seed, t, TOPOLOGY))``."""
+    seed = 3
+    topo = build_topology(spec, N, seed)
+
+    @jax.jit
+    def run_at(data, t):  # as workbench.rounds.make_round: seed static, t traced
+        return topo.at(data, t, round_key(seed, t, TOPOLOGY))
+
+    run = [
+        to_host(run_at(topo.data, jnp.int32(t)), N).toarray()
+        for t in range(SAMPLED_ROUNDS)
+    ]
+    diagnosed = _rounds(spec, seed=seed)
+    for t in range(SAMPLED_ROUNDS):
+        np.testing.assert_allclose(diagnosed[t], run[t], atol=1e-6, err_msg=str(t))
+    expected = dynamic_info([sp.csr_array(W) for W in run], seed)
+    for name, value in expected.items():
+        assert topo.info[name] == pytest.approx(value, rel=1e-5), name
+    assert topo.info["rho"] == pytest.approx(expected["contraction"], rel=1e-5)
 
 
 def test_sampler_kernel_override_errors():

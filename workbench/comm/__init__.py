@@ -18,7 +18,6 @@ from workbench.comm.host import choose_kernel, circulant_offsets, from_matrix
 from workbench.comm.kernels import (
     can_convert,
     convert,
-    gather,
     kernel_name,
     mix,
 )
@@ -36,7 +35,6 @@ __all__ = [
     "circulant_offsets",
     "convert",
     "from_matrix",
-    "gather",
     "kernel_name",
     "mix",
 ]

@@ -100,20 +100,6 @@ def mix(arrays: KernelArrays, tree):
     return jax.tree.map(lambda leaf: kernel(arrays, leaf), tree)
 
 
-def gather(arrays: Table | Roll, tree):
-    """In-neighbour messages ``(n, k, ...)`` per leaf, for non-linear combines.
-
-    Column c of peer i holds ``x[idx[i, c]]`` with weight ``weight[i, c]``
-    (``convert(arrays, "table", n)`` gives the matching weights).
-    """
-
-    def one(leaf):
-        table = convert(arrays, "table", leaf.shape[0])
-        return _rows(leaf, table.idx)
-
-    return jax.tree.map(one, tree)
-
-
 def kernel_name(arrays: KernelArrays) -> str:
     """``"mean" | "dense" | "roll" | "table" | "segment"``."""
     return NAME_OF[type(arrays)]

@@ -11,6 +11,9 @@ Dynamic: ``contraction`` is the geometric mean over sampled rounds of
 mean of ``||W_t - J||_2`` (n <= 256); periodic ones add ``product_rho`` =
 ``||W_{T-1} ... W_0 - J||_2``. Their ``rho`` is the effective per-round rate:
 ``product_rho ** (1/period)`` when periodic, else ``contraction``.
+
+Random samplers are diagnosed on rounds 0..R-1 drawn with the run's own keys,
+``workbench.keys.round_key(seed, t, TOPOLOGY)``: the same W_t the run mixes with.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ from scipy.sparse.csgraph import shortest_path
 
 from workbench.comm import circulant_offsets
 from workbench.comm.host import to_host
+from workbench.keys import TOPOLOGY, round_key
 
 DENSE_EIG_MAX_N = 1024  # dense eigen-decomposition up to this n
 DIAMETER_MAX_N = 4096  # all-pairs BFS up to this n
 ROUND_RHO_MAX_N = 256  # per-round spectral norms of dynamic W_t up to this n
 ATOL = 1e-9
-KEY_IMPL = "philox2x32"  # as workbench.rounds.KEY_IMPL: compiles faster on CPU
 
 
 def spectral(W) -> tuple[float, float | None]:
@@ -150,18 +153,25 @@ def product_rho(Ws) -> float:
     return norm
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _rounds(at, data, seed, rounds: int):
-    """Kernel arrays of rounds 0..rounds-1, stacked (keys fold_in(seed, t))."""
-    base = jax.random.key(seed, impl=KEY_IMPL)
+def round_keys(seed: int, rounds: int) -> jax.Array:
+    """(rounds,) topology keys of rounds 0..rounds-1, as the run draws them."""
     ts = jnp.arange(rounds, dtype=jnp.int32)
-    keys = jax.vmap(lambda t: jax.random.fold_in(base, t))(ts)
+    return jax.vmap(lambda t: round_key(seed, t, TOPOLOGY))(ts)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _rounds(at, data, keys):
+    """Kernel arrays of rounds 0..len(keys)-1, stacked."""
+    ts = jnp.arange(keys.shape[0], dtype=jnp.int32)
     return jax.vmap(at, in_axes=(None, 0, 0))(data, ts, keys)
 
 
 def sample_rounds(at, data, n: int, seed: int, rounds: int) -> list[sp.csr_array]:
-    """Host matrices W_0 .. W_{rounds-1} of a jittable ``at``."""
-    stacked = jax.device_get(_rounds(at, data, seed, rounds))
+    """Host matrices W_0 .. W_{rounds-1} of a jittable ``at``.
+
+    Round t is ``at(data, t, round_key(seed, t, TOPOLOGY))``: the run's W_t.
+    """
+    stacked = jax.device_get(_rounds(at, data, round_keys(seed, rounds)))
     return [
         to_host(jax.tree.map(lambda a, t=t: a[t], stacked), n) for t in range(rounds)
     ]
