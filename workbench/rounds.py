@@ -16,10 +16,15 @@ import jax.numpy as jnp
 
 from workbench.algorithms.base import Algorithm
 from workbench.comm.exchange import exchange, messages_sent
+from workbench.keys import (  # noqa: F401  (re-exported)
+    KEY_IMPL,
+    LOCAL,
+    PARTICIPATION,
+    TOPOLOGY,
+    root_key,
+    round_key,
+)
 from workbench.objective import Batch, EvalSums, eval_sums
-
-# purposes for fold_in: stable integers, never reorder
-LOCAL, TOPOLOGY, PARTICIPATION = 0, 1, 2
 
 
 class PeerData(NamedTuple):
@@ -46,19 +51,6 @@ class RoundSpec(NamedTuple):
     local_steps: int
     batch_size: int
     participants: int  # peers sampled per round (== num_peers: everyone)
-
-
-# philox compiles ~2x faster than the default threefry on CPU (jax 0.10) and runs
-# faster; every key of the workbench derives from ``root_key``.
-KEY_IMPL = "philox2x32"
-
-
-def root_key(seed: int) -> jax.Array:
-    return jax.random.key(seed, impl=KEY_IMPL)
-
-
-def round_key(seed: int, t, purpose: int):
-    return jax.random.fold_in(jax.random.fold_in(root_key(seed), t), purpose)
 
 
 def sample_batches(key, x, y, size, steps: int, batch_size: int) -> Batch:
