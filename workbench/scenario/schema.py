@@ -1,0 +1,71 @@
+"""The validated form of a scenario: frozen pydantic models.
+
+Fixed sections are :class:`~workbench.scenario.frozen.FrozenModel` subclasses
+(strict types: YAML already typed the values). Registry sections (``model``,
+``topology``, ``algorithm`` without the optimizer keys) are
+:class:`~workbench.scenario.frozen.FrozenDict` holding the values as written;
+their registries check them after validation (``checks``). ``data`` is a
+:class:`~workbench.data.config.DataConfig`, which checks its own entries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pydantic
+from pydantic import Field
+
+from workbench.data.config import DataConfig
+from workbench.scenario.frozen import FrozenDict, FrozenModel
+from workbench.scenario.optimizer import OptimizerConfig, split_optimizer
+
+__all__ = ["ExecutionConfig", "OutputConfig", "Scenario"]
+
+
+class ExecutionConfig(FrozenModel):
+    """How the engine runs the peers and their communication.
+
+    Attributes:
+      strategy: how the per-peer step is lifted over the peer axis: ``vmap``
+        (all peers at once), ``map`` (a loop over chunks of peers), ``unroll``
+        (the chunks unrolled in one jit), or ``auto`` (the engine picks the
+        strategy and the chunk size). All give the same numbers.
+      peers_per_chunk: peers per chunk for ``map`` and ``unroll`` (None: one).
+      kernel: the array form of the mixing step, forced, or ``auto`` to pick
+        it from the topology.
+    """
+
+    strategy: Literal["auto", "vmap", "map", "unroll"] = "auto"
+    peers_per_chunk: int | None = Field(None, ge=1)
+    kernel: Literal["auto", "mean", "roll", "table", "segment", "dense"] = "auto"
+
+
+class OutputConfig(FrozenModel):
+    """What the run directory receives besides metrics."""
+
+    checkpoint: bool = True
+    tensorboard: bool = False
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class Scenario(FrozenModel):
+    """A validated scenario. Registry sections are FrozenDicts ``{name, **kw}``."""
+
+    name: str = Field("scenario", pattern=r"^\w[\w.+-]*$")
+    seed: int = Field(0, ge=0)
+    peers: int = Field(ge=1)
+    rounds: int = Field(ge=1)
+    eval_every: int = Field(25, ge=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: FrozenDict
+    topology: FrozenDict
+    algorithm: FrozenDict  # without the optimizer keys
+    optimizer: OptimizerConfig  # from the optimizer keys of YAML's algorithm
+    execution: ExecutionConfig = ExecutionConfig()
+    output: OutputConfig = OutputConfig()
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _split_optimizer(cls, raw: Any) -> Any:
+        """Moves YAML's ``algorithm.{lr, optimizer, ...}`` to ``optimizer``."""
+        return split_optimizer(raw)
