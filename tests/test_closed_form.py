@@ -1,4 +1,9 @@
-"""Checkable results of SPEC_ALGORITHMS.md section 5, through the jitted engine core."""
+"""Closed-form results on the quadratic of tests/quadratic.py, through the jitted core.
+
+f_i(x) = (a_i/2)(x - b_i)^2 with exact gradients: the consensus rate of ring mixing,
+D-SGD's fixed-point bias (ATC and CTA) and consensus error, FedAvg's client drift
+with tau local steps, and D-SGD on the complete graph equal to centralized SGD.
+"""
 
 import functools
 

@@ -7,6 +7,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
+import workbench.cli
 from workbench.comm.host import to_host
 from workbench.errors import DataError, ScenarioError
 from workbench.topology import build_topology, read_graph, write_graph
@@ -147,7 +148,60 @@ def test_describe_text_and_plot(capsys, tmp_path):
     png = tmp_path / "g.png"
     assert describe(["one_peer_exponential:n=8", "--plot", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert "period 3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "period 3" in out and out.endswith(f"\nwrote {png}\n")
+
+
+def test_describe_plot_with_json_says_where_on_stderr(capsys, tmp_path):
+    pdf = tmp_path / "ring.pdf"
+    argv = ["topology", "describe", "ring:n=8", "--json", "--plot", str(pdf)]
+    assert workbench.cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n"] == 8  # stdout: one JSON object only
+    assert captured.err == f"wrote {pdf}\n"
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("missing/g.png", "--plot {path}: directory {tmp}/missing does not exist"),
+        (
+            "g.pgn",
+            "--plot {path}: unknown image format 'pgn' (did you mean 'png'?); "
+            "expected a file ending in one of [",
+        ),
+        ("g", "--plot {path}: no file extension; expected a file ending in one of ["),
+        ("adir.png", "--plot {path}: is a directory"),
+    ],
+)
+def test_describe_bad_plot_path_is_one_line_exit_2(capsys, tmp_path, name, message):
+    (tmp_path / "adir.png").mkdir()
+    path = tmp_path / name
+    argv = ["topology", "describe", "ring:n=8", "--plot", str(path)]
+    assert workbench.cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    expected = "workbench topology describe: error: " + message.format(
+        path=path, tmp=tmp_path
+    )
+    assert captured.err.startswith(expected) and captured.err.count("\n") == 1
+    assert not path.is_file()
+
+
+def test_describe_unwritable_plot_is_one_line_exit_2(capsys, tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", refuse)
+    png = tmp_path / "g.png"
+    assert describe(["ring:n=8", "--plot", str(png)]) == 2
+    assert capsys.readouterr().err == (
+        f"workbench topology describe: error: --plot {png}: cannot write: "
+        "Permission denied\n"
+    )
 
 
 @pytest.mark.parametrize(

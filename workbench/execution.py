@@ -3,11 +3,12 @@
 All strategies compute the same numbers (every random draw is derived from the
 peer index, never from the chunking), so the choice only changes speed/memory:
 
-- ``vmap``:   one ``jax.vmap`` over all n peers (the default on accelerators).
+- ``vmap``:   one ``jax.vmap`` over all n peers (what ``auto`` picks, on any backend).
 - ``map``:    ``lax.map`` over chunks of ``k`` peers, each chunk vmapped
               (bounded memory; a loop inside XLA).
 - ``unroll``: the n/k chunks unrolled in one jit, each chunk vmapped; on CPU this
-              keeps each chunk's weights in cache (see DESIGN.md, performance).
+              keeps each chunk's weights in cache (``default_strategy`` says
+              when chunking pays).
 """
 
 from __future__ import annotations

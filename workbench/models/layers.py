@@ -7,9 +7,9 @@ steps, the engine's rounds) the kernel gradient of ``lax.conv`` is ~20x slower
 than outside. Written as patches + matmul, the same layer vmaps into a batched
 matmul and is indifferent to loops: the engine's D-SGD local step of the
 FEMNIST CNN takes ~0.8 s / ~3 s for 16 / 64 peers, against ~21 s / ~66 s with
-``lax.conv`` (2-core CPU; see DESIGN.md, performance notes). :class:`Conv`
-keeps the parameters of ``flax.linen.Conv`` (names, shapes, initializers: the
-same key gives the same values), so the implementation is a pure speed choice.
+``lax.conv`` (measured on a 2-core CPU). :class:`Conv` keeps the parameters of
+``flax.linen.Conv`` (names, shapes, initializers: the same key gives the same
+values), so the implementation is a pure speed choice.
 
 The patches are built from shifted (strided) slices concatenated on the
 channel axis, so their gradient is a sum of pads, not a convolution.

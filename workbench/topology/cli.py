@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import yaml
 
-from workbench.errors import ScenarioError, WorkbenchError
+from workbench.errors import ScenarioError, WorkbenchError, did_you_mean
 from workbench.topology.build import build_topology
 from workbench.topology.diagnostics import sample_rounds
 from workbench.topology.fileio import read_graph
@@ -38,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="workbench topology describe", description=__doc__)
     p.add_argument("spec", help="NAME[:key=value,...] or a graph file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--plot", metavar="FILE.png", help="save graph + spectrum")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="save graph + spectrum (any matplotlib format: png, pdf, svg, ...)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     p.add_argument("--kernel", default="auto", help="force a mixing kernel")
     return p
@@ -109,6 +113,25 @@ def _rounds(topo, seed: int) -> list[sp.csr_array]:
     return sample_rounds(topo.at, topo.data, topo.n, seed, count)
 
 
+def check_plot_path(path: str) -> None:
+    """Fails early, in one line, on a --plot file that cannot be written."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    file = Path(path)
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    suffix = file.suffix.removeprefix(".").lower()
+    if suffix not in formats:
+        got = f"unknown image format '{suffix}'" if suffix else "no file extension"
+        raise WorkbenchError(
+            f"--plot {path}: {got}{did_you_mean(suffix, formats) if suffix else ''}"
+            f"; expected a file ending in one of {formats}"
+        )
+    if not file.parent.is_dir():
+        raise WorkbenchError(f"--plot {path}: directory {file.parent} does not exist")
+    if file.is_dir():
+        raise WorkbenchError(f"--plot {path}: is a directory")
+
+
 def plot(topo, path: str, seed: int) -> None:
     """Saves the graph (left; union over rounds) and the spectrum (right)."""
     import matplotlib
@@ -144,14 +167,22 @@ def plot(topo, path: str, seed: int) -> None:
         right.set_xlabel("index")
     right.set_title(f"rho = {topo.info['rho']:.4f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise WorkbenchError(
+            f"--plot {path}: cannot write: {e.strerror or e}"
+        ) from None
+    finally:
+        plt.close(fig)
 
 
 def describe(argv: list[str]) -> int:
     """Prints a topology's diagnostics; returns the exit code (2 on bad input)."""
     try:
         args = _parser().parse_args(argv)
+        if args.plot:
+            check_plot_path(args.plot)
         spec, n, seed = parse_spec(args.spec)
         seed = args.seed if args.seed is not None else (seed or 0)
         topo = build_topology(spec, n, seed, kernel=args.kernel)
@@ -161,6 +192,8 @@ def describe(argv: list[str]) -> int:
         print(f"workbench topology describe: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(topo.info) if args.json else _text(topo.info))
+    if args.plot:  # on stderr with --json, so that stdout stays one JSON object
+        print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

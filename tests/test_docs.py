@@ -1,0 +1,162 @@
+"""The documentation says what the code does: README commands, layout, references."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+
+
+def _pytest(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _section(title: str) -> str:
+    """The text of README section ``title`` (up to the next heading)."""
+    match = re.search(rf"^#+ {re.escape(title)}\n(.*?)(?=^#+ |\Z)", README, re.M | re.S)
+    assert match, f"README has no section {title!r}"
+    return match.group(1)
+
+
+def _code_blocks(text: str) -> list[str]:
+    return re.findall(r"^```\w*\n(.*?)^```", text, re.M | re.S)
+
+
+def _files() -> list[Path]:
+    """The repository's .py/.md/.yaml files (tracked or new, not ignored)."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [
+        REPO / f
+        for f in listed
+        if f.endswith((".py", ".md", ".yaml", ".yml")) and (REPO / f).is_file()
+    ]
+
+
+def test_readme_benchmark_command_collects_the_benchmarks():
+    (command,) = re.findall(r"`(python -m pytest tests/benchmarks[^`]*)`", README)
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "pytest"]
+    result = _pytest(*argv[3:], "--collect-only", "-q")
+    assert result.returncode == 0, result.stdout + result.stderr
+    items = [line for line in result.stdout.splitlines() if "::" in line]
+    assert f"{len(items)} tests collected" in result.stdout
+    assert all(line.startswith("tests/benchmarks/bench_") for line in items)
+    engine = [i for i in items if i.startswith("tests/benchmarks/bench_engine.py::")]
+    mixing = [i for i in items if i.startswith("tests/benchmarks/bench_mixing.py::")]
+    assert any("::test_local_step[" in i for i in engine)
+    assert any("::test_mix[" in i for i in mixing)
+    assert "tests/benchmarks/bench_mixing.py::test_summary" in mixing
+
+
+def test_default_run_leaves_the_benchmarks_out():
+    result = _pytest("--collect-only", "-q")  # addopts' -q too: one line per file
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = [line.split(":")[0] for line in result.stdout.splitlines() if ": " in line]
+    assert "tests/test_docs.py" in files and "tests/test_catalog.py" in files
+    assert not [f for f in files if "benchmarks" in f]
+    assert "bench_" not in result.stdout
+
+
+def test_layout_names_the_folders_that_exist():
+    (block,) = _code_blocks(_section("Layout"))
+    named = [line.split()[0] for line in block.splitlines() if line.strip()]
+    assert all(name.endswith("/") for name in named), named
+    missing = [name for name in named if not (REPO / name).is_dir()]
+    assert not missing, f"README Layout names folders that do not exist: {missing}"
+    top = {f.relative_to(REPO).parts[0] + "/" for f in _files() if f.parent != REPO}
+    assert not top - set(named), f"README Layout leaves out {sorted(top - set(named))}"
+
+
+def test_comments_and_docs_cite_only_files_in_the_repository():
+    """Markdown files named in code or docs exist (from the root or the file)."""
+    files = _files()
+    markdown = {f.name for f in files if f.suffix == ".md"}
+    dangling = []
+    for path in files:
+        text = path.read_text(errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
+            for ref in re.findall(r"[\w./-]*\w\.md\b", line):
+                here = (REPO / ref).is_file() or (path.parent / ref).is_file()
+                if not here and not ("/" not in ref and ref in markdown):
+                    where = path.relative_to(REPO)
+                    dangling.append(f"{where}:{number}: {ref}")
+    assert not dangling, "references to files the repository lacks:\n" + "\n".join(
+        dangling
+    )
+
+
+def test_readme_scenario_example_is_a_valid_scenario(tmp_path):
+    from workbench.scenario import load_scenario
+
+    block = next(b for b in _code_blocks(README) if b.startswith("name: quickstart"))
+    path = tmp_path / "example.yaml"
+    path.write_text(block)
+    scenario = load_scenario(path)
+    assert (scenario.peers, scenario.rounds, scenario.eval_every) == (16, 300, 50)
+    assert dict(scenario.topology) == {"name": "ring"}
+    quickstart = load_scenario(REPO / "scenarios" / "quickstart.yaml")
+    for key in ("seed", "peers", "rounds", "eval_every", "model", "topology", "data"):
+        assert getattr(scenario, key) == getattr(quickstart, key), key
+
+
+@pytest.mark.parametrize(
+    "key,kind",
+    [
+        ("  name: digits", "datasets"),
+        ("  partition:", "partitions"),
+        ("model:", "models"),
+        ("  name: dsgd", "algorithms"),
+        ("  optimizer:", "optimizers"),
+        ("  schedule:", "schedules"),
+    ],
+)
+def test_readme_scenario_comments_list_exactly_the_registry_entries(key, kind):
+    from workbench.catalog import registry
+
+    block = next(b for b in _code_blocks(README) if b.startswith("name: quickstart"))
+    (line,) = [line for line in block.splitlines() if line.startswith(key)]
+    choices = re.sub(r"\([^)]*\)", "", line.split("#", 1)[1]).split("|")
+    names = {m.group(1) for c in choices if (m := re.match(r"\s*(\w+)\s*$", c))}
+    assert names == set(registry(kind)), line
+
+
+def _help(subcommand: str, capsys) -> str:
+    """``workbench SUBCOMMAND --help`` (``topology describe --help`` for topology)."""
+    from workbench.cli import main
+    from workbench.topology.cli import describe
+
+    with pytest.raises(SystemExit) as exit_:
+        describe(["--help"]) if subcommand == "topology" else main([subcommand, "-h"])
+    assert exit_.value.code == 0, subcommand
+    return capsys.readouterr().out
+
+
+def test_readme_commands_use_existing_subcommands_and_options(capsys):
+    block = _code_blocks(_section("Running scenarios"))[0]
+    commands = [line.split("#")[0].split() for line in block.splitlines()]
+    assert [c[:2] for c in commands[:2]] == [["workbench", "simulate"]] * 2
+    for words in commands:
+        assert words[0] == "workbench"
+        usage = _help(words[1], capsys)
+        for option in (w.strip("[]") for w in words if w.lstrip("[").startswith("--")):
+            assert re.search(rf"(^|\s){re.escape(option)}\b", usage, re.M), option
