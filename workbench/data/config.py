@@ -24,13 +24,23 @@ class DataConfig(pydantic.BaseModel):
         std of all peers' training samples; applied to train, val and test.
       max_train_per_peer: cap on a peer's training samples (validation samples
         are capped in proportion); None keeps all.
+
+    Types are strict, as in the rest of the scenario: ``batch_size: "32"`` or
+    ``normalize: 1`` is an error, not a conversion (an int is accepted for a
+    float, e.g. ``val_fraction: 0``), and NaN/inf are rejected. ``options`` and
+    ``partition`` may be any string-keyed mapping; their values are checked
+    against the loader's and the partitioner's signatures by the registries.
     """
 
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+    model_config = pydantic.ConfigDict(
+        frozen=True, extra="forbid", strict=True, allow_inf_nan=False
+    )
 
     name: str = "digits"
-    options: dict[str, Any] = {}
-    partition: dict[str, Any] = {"name": "iid"}
+    options: dict[str, Any] = pydantic.Field(default_factory=dict, strict=False)
+    partition: dict[str, Any] = pydantic.Field(
+        default_factory=lambda: {"name": "iid"}, strict=False
+    )
     val_fraction: float = pydantic.Field(0.1, ge=0.0, lt=1.0)
     batch_size: int = pydantic.Field(32, gt=0)
     normalize: bool = True

@@ -4,7 +4,9 @@ Steps (all randomness from ``seed``, one numpy stream per purpose):
 load the dataset -> partition the training indices among peers -> hold out a
 per-peer validation split (and apply ``max_train_per_peer``) -> standardise
 each channel with statistics of the peers' training samples -> pad every peer
-to the largest size. Same seed, same arrays.
+to the largest size. Same seed, same arrays. A peer with fewer training
+samples than ``batch_size`` gets a one-line warning (its batches, drawn with
+replacement, repeat samples).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from workbench.data.config import DataConfig
 from workbench.data.dataset import DATASETS, Dataset, resolve_data_dir
 from workbench.data.partition import PARTITIONERS
-from workbench.errors import ScenarioError
+from workbench.errors import ScenarioError, warn
 
 _PARTITION, _VALIDATION = 1, 2  # stream ids: default_rng([seed, purpose])
 _CHUNK = 4096
@@ -121,6 +123,24 @@ def partition_indices(
     return [np.asarray(p, np.int64) for p in parts]
 
 
+def warn_small_peers(batch_size: int, sizes: Sequence[int]) -> None:
+    """One warning line when some peer has fewer training samples than a batch.
+
+    Batches are drawn with replacement, so such a peer's batches repeat its
+    samples.
+    """
+    small = [i for i, m in enumerate(sizes) if m < batch_size]
+    if not small:
+        return
+    peer = min(small, key=lambda i: sizes[i])
+    warn(
+        f"data.batch_size {batch_size} is larger than the smallest peer's "
+        f"training set ({sizes[peer]} examples, peer {peer}; {len(small)} of "
+        f"{len(sizes)} peers have fewer than {batch_size}); their batches repeat "
+        "examples"
+    )
+
+
 def load_federated(
     cfg: DataConfig, num_peers: int, seed: int, data_dir: str | None
 ) -> FederatedData:
@@ -149,6 +169,7 @@ def load_federated(
             f"peers {empty[:5]} got no training samples; use fewer peers or "
             "another partition",
         )
+    warn_small_peers(cfg.batch_size, [len(p) for p in train_parts])
     transform = _identity
     if cfg.normalize:
         mean, std = channel_stats(ds.train_x, np.concatenate(train_parts))

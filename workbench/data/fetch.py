@@ -4,11 +4,17 @@
 relative to the data directory and is where the loader looks for it; archives
 (``.tar.gz``) are extracted next to themselves with ``tarfile``'s "data" filter
 (no absolute paths, links out of the tree or device files).
+
+Each connection attempt and each read waits at most ``TIMEOUT_S`` seconds
+(``fetch(..., timeout=...)`` overrides it). A failed download is one DataError
+line naming the URL and the path where the file can be put by hand instead;
+``fetch`` then verifies (and extracts) it without downloading.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import shutil
 import tarfile
 import urllib.error
@@ -20,6 +26,7 @@ from typing import NamedTuple
 from workbench.errors import DataError
 
 _CHUNK = 1 << 20
+TIMEOUT_S = 60.0  # seconds without progress (connect or read) before giving up
 
 
 class FileSource(NamedTuple):
@@ -97,17 +104,42 @@ def checksum_mismatch(path: Path, source: FileSource) -> str | None:
     return None
 
 
-def _download(source: FileSource, dest: Path) -> None:
-    """Streams ``source.url`` to ``dest`` (via a ``.part`` file)."""
+def _download(source: FileSource, dest: Path, name: str, timeout: float) -> None:
+    """Streams ``source.url`` to ``dest`` (via a ``.part`` file).
+
+    Raises:
+      DataError: timeout, network or HTTP failure; names the URL and ``dest``.
+    """
     part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with urllib.request.urlopen(source.url) as response, part.open("wb") as out:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create {dest.parent}: {e.strerror}") from None
+    try:
+        with (
+            urllib.request.urlopen(source.url, timeout=timeout) as response,
+            part.open("wb") as out,
+        ):
             shutil.copyfileobj(response, out, _CHUNK)
-    except (urllib.error.URLError, OSError) as e:
+    except (OSError, http.client.HTTPException, ValueError) as e:
         part.unlink(missing_ok=True)
-        raise DataError(f"could not download {source.url}: {e}") from None
+        raise DataError(
+            f"could not download {source.url}: {_reason(e, timeout)}; download it "
+            f"by hand to {dest} and run `workbench data fetch {name}` again (it "
+            "checks the file and does not download it twice)"
+        ) from None
     part.replace(dest)
+
+
+def _reason(error: Exception, timeout: float) -> str:
+    """A short, one-line cause of a download failure."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    cause = error.reason if isinstance(error, urllib.error.URLError) else error
+    if isinstance(cause, TimeoutError):  # socket.timeout is TimeoutError
+        return f"no response for {timeout:g} s (timed out)"
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    return text[:200]
 
 
 def _extract(archive: Path) -> None:
@@ -124,7 +156,10 @@ def _is_archive(path: Path) -> bool:
 
 
 def fetch(
-    name: str, data_dir: str, urls: Sequence[FileSource] | None = None
+    name: str,
+    data_dir: str,
+    urls: Sequence[FileSource] | None = None,
+    timeout: float | None = None,
 ) -> list[Path]:
     """Downloads, verifies and (for archives) extracts a dataset's files.
 
@@ -134,14 +169,17 @@ def fetch(
       name: dataset name, a key of ``SOURCES`` unless ``urls`` is given.
       data_dir: data directory (see ``resolve_data_dir``).
       urls: sources to use instead of ``SOURCES[name]`` (mirrors, tests).
+      timeout: seconds to wait for a connection or for data; default
+        ``TIMEOUT_S``.
 
     Returns:
       Paths of the fetched files, in source order.
 
     Raises:
-      DataError: unknown name, download failure or checksum mismatch (the bad
-        file is removed).
+      DataError: unknown name, download failure (timeout, network, HTTP) or
+        checksum mismatch (the bad file is removed).
     """
+    timeout = TIMEOUT_S if timeout is None else timeout
     if urls is None:
         if name not in SOURCES:
             raise DataError(
@@ -152,7 +190,7 @@ def fetch(
     for source in urls:
         dest = Path(data_dir) / source.filename
         if not (dest.is_file() and checksum_mismatch(dest, source) is None):
-            _download(source, dest)
+            _download(source, dest, name, timeout)
             bad = checksum_mismatch(dest, source)
             if bad is not None:
                 dest.unlink()

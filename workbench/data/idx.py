@@ -10,6 +10,7 @@ each optionally ``.gz``.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # gzip: BadGzipFile is OSError
         raise DataError(f"{path}: cannot read ({e})") from None
     return parse_idx(raw, str(path))
 

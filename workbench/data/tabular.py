@@ -1,22 +1,53 @@
 """Generic datasets from an ``.npz`` file or a CSV table.
 
 ``npz``: arrays ``x_train, y_train, x_test, y_test`` (loaded with
-``allow_pickle=False``); uint8 inputs are scaled by 1/255, others cast to
-float32.
+``allow_pickle=False``); uint8 inputs are scaled by 1/255, other numeric inputs
+cast to float32. Inputs must be finite (no NaN/inf, nothing beyond float32's
+range) and have a row axis; labels must be integer class ids >= 0 (integral
+floats such as ``3.0`` are accepted). A truncated or corrupt file, or one
+that breaks these rules, is a one-line DataError.
 
-``csv``: the first row is the header. Column rule: the label column is
-``label_column``; every other column is a feature when all its values parse as
-finite numbers, and is dropped otherwise (dates, ids, free text), as are the columns
-in ``drop_columns``. If every data row has one field more than the header, the
-first field is an unnamed row index (R's ``write.csv``, e.g. UCI Occupancy) and
-is dropped. Labels that are all integers keep their order; otherwise classes
-are the sorted distinct strings. Inputs are ``(features,)``.
+``csv``: the first row is the header. If every data row has one field more
+than the header, the first field is an unnamed row index (R's ``write.csv``,
+e.g. UCI Occupancy) and is dropped. Columns named in ``drop_columns`` are
+dropped (each must exist).
+
+Column rule: the label column is ``label_column``; every other column is
+classified by its cells, each one of
+
+- a number: parses as a finite float32 (``23.1``, ``-4``, ``1e3``);
+- missing: empty, a marker from ``MISSING`` (``NA``, ``n/a``, ``nan``, ``null``,
+  ``?``, ...; any case) or a non-finite number (``inf``, ``-Infinity``);
+- text: anything else (``2015-02-04 17:51:00``, ``id-17``, ``red``).
+
+A column with more numbers than text cells is a *feature*; otherwise it is not
+numeric (dates, ids, free text) and is left out, with a one-line warning that
+names it. So a numeric column with a few gaps stays a numeric column with
+missing values; it is never dropped for them.
+
+Every cell of a feature that is not a number (missing, or a stray text cell),
+and every label that is empty or a missing marker, is handled by ``missing``:
+``"error"`` (default) raises a DataError naming the file, the line and the
+column (``data.csv:17: column 'Temperature' has 'nan'; ...``); ``"drop_rows"``
+drops those rows and warns once with how many were dropped. A ``test_path``
+file must have the train file's feature columns, and follows the same rule.
+
+Labels that are all integers keep their order; otherwise classes are the sorted
+distinct strings (surrounding spaces ignored). Inputs are ``(features,)``.
 """
 
 from __future__ import annotations
 
 import csv
+import lzma
+import math
+import struct
+import tokenize
+import zipfile
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -28,9 +59,38 @@ from workbench.data.dataset import (
     resolve_path,
     split_test,
 )
-from workbench.errors import DataError
+from workbench.errors import DataError, warn
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+# Cells read as missing values (compared after strip() and lower()).
+MISSING = frozenset({"", "na", "n/a", "#n/a", "<na>", "nan", "-nan", "null", "?"})
+
+_MISSING_HINT = "set data.options.missing: drop_rows to drop such rows"
+
+# What reading an .npz can raise on a truncated or corrupt file: zipfile
+# (BadZipFile for bad structure or CRC, NotImplementedError for an unknown
+# compression, RuntimeError for an "encrypted" flag, EOFError, KeyError for a
+# damaged member name), the decompressors (zlib.error, lzma.LZMAError, OSError
+# for bz2), and numpy's .npy header parser (ValueError, SyntaxError,
+# tokenize.TokenError, struct.error, MemoryError for an absurd shape). Members
+# are read lazily, so accessing the arrays happens inside the same guard.
+_NPZ_READ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    LookupError,
+    RuntimeError,
+    MemoryError,
+    ArithmeticError,
+    TypeError,
+    SyntaxError,
+    struct.error,
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    tokenize.TokenError,
+)
 
 
 def _existing(name: str, data_dir: str, path: str) -> Path:
@@ -40,60 +100,184 @@ def _existing(name: str, data_dir: str, path: str) -> Path:
     return full
 
 
+# ---------------------------------------------------------------- npz
+
+
 @DATASETS.register("npz")
 def npz(data_dir: str, seed: int, path: str, num_classes: int | None = None) -> Dataset:
     """Arrays from an ``.npz``; ``num_classes`` defaults to max label + 1."""
     del seed
     full = _existing("npz", data_dir, path)
+    arrays = read_npz(full)
+    xs = [_npz_inputs(full, k, arrays[k]) for k in ("x_train", "x_test")]
+    ys = [
+        _npz_labels(full, k, arrays[k], len(x))
+        for k, x in zip(("y_train", "y_test"), xs, strict=True)
+    ]
+    if num_classes is None:
+        num_classes = int(max(ys[0].max(), ys[1].max())) + 1
+    return make_dataset("npz", (xs[0], ys[0]), (xs[1], ys[1]), num_classes)
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The four ``NPZ_KEYS`` arrays of an ``.npz``, or one DataError line."""
     try:
-        with np.load(full, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise DataError(
+                f"{path}: a single .npy array, not an .npz archive; expected "
+                f"numpy.savez(path, {'=..., '.join(NPZ_KEYS)}=...)"
+            )
+        with f:
             missing = [k for k in NPZ_KEYS if k not in f.files]
             if missing:
-                raise DataError(f"{full}: missing arrays {missing}; has {f.files}")
+                raise DataError(f"{path}: missing arrays {missing}; has {f.files}")
             arrays = {k: f[k] for k in NPZ_KEYS}
-    except (OSError, ValueError) as e:
+    except _NPZ_READ_ERRORS as e:
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         raise DataError(
-            f"{full}: not a readable .npz of numeric arrays ({e})"
+            f"{path}: not a readable .npz of numeric arrays ({reason}); the file "
+            "may be truncated or corrupt"
         ) from None
-    xs = [_to_unit(arrays[k]) for k in ("x_train", "x_test")]
-    if num_classes is None:
-        num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
-    return make_dataset(
-        "npz", (xs[0], arrays["y_train"]), (xs[1], arrays["y_test"]), num_classes
-    )
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):  # a member that is not .npy data
+            raise DataError(f"{path}: '{key}' is not a numpy array (.npy) member")
+    return arrays
 
 
-def _to_unit(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
+def _first_index(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape))
 
 
-def read_table(path: Path, delimiter: str) -> dict[str, list[str]]:
-    """Reads a CSV into ``{column: values}`` (header row, R row names dropped)."""
+def _npz_inputs(path: Path, key: str, x: np.ndarray) -> np.ndarray:
+    """float32 inputs (uint8 scaled by 1/255); rows on axis 0, all finite."""
+    if x.dtype.kind not in "biuf":
+        raise DataError(
+            f"{path}: {key} has dtype {x.dtype}; expected numbers (bool, int, float)"
+        )
+    if x.ndim == 0 or len(x) == 0:
+        raise DataError(
+            f"{path}: {key} has shape {x.shape}; expected (rows >= 1, *input_shape)"
+        )
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise DataError(
+            f"{path}: {key} has {int(bad.sum())} non-finite values (NaN, inf or "
+            f"beyond float32), first at index {_first_index(bad)}; expected finite "
+            "numbers"
+        )
+    return x
+
+
+def _npz_labels(path: Path, key: str, y: np.ndarray, rows: int) -> np.ndarray:
+    """int64 class ids >= 0, one per input row (integral floats accepted)."""
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{path}: {key} has dtype {y.dtype}; expected integer labels")
+    if y.shape != (rows,):
+        raise DataError(
+            f"{path}: {key} has shape {y.shape}; expected ({rows},), one label per "
+            "input row"
+        )
+    if y.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.isfinite(y) & (y == np.round(y)))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(
+                f"{path}: {key}[{i}] is {y[i].item()!r}; expected integer class "
+                f"ids ({int(bad.sum())} of {len(y)} labels are not integers)"
+            )
+    if y.min() < 0 or y.max() > np.iinfo(np.int32).max - 1:
+        i = int(np.argmin(y) if y.min() < 0 else np.argmax(y))
+        raise DataError(
+            f"{path}: {key}[{i}] is {y[i].item()!r}; expected class ids in "
+            "[0, 2**31 - 1)"
+        )
+    return y.astype(np.int64)
+
+
+# ---------------------------------------------------------------- csv
+
+
+class Table(NamedTuple):
+    """A CSV file's columns.
+
+    Attributes:
+      path: the file, for messages.
+      columns: ``{name: cell strings}``, in file order.
+      lines: (rows,) file line number where each data row starts.
+    """
+
+    path: Path
+    columns: dict[str, list[str]]
+    lines: list[int]
+
+
+def read_table(path: Path, delimiter: str) -> Table:
+    """Reads a CSV (header row, R row names dropped), keeping line numbers."""
+    rows, lines = [], []
     try:
         with path.open(newline="") as f:
-            rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
+            reader = csv.reader(f, delimiter=delimiter)
+            start = 1
+            for row in reader:
+                if row:  # blank lines are skipped
+                    rows.append(row)
+                    lines.append(start)
+                start = reader.line_num + 1
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: cannot read CSV ({e})") from None
     if len(rows) < 2:
         raise DataError(f"{path}: expected a header row and data rows")
-    header, body = [h.strip() for h in rows[0]], rows[1:]
+    header, body, lines = [h.strip() for h in rows[0]], rows[1:], lines[1:]
     if all(len(r) == len(header) + 1 for r in body):
         body = [r[1:] for r in body]
-    for line, row in enumerate(body, start=2):
+    for line, row in zip(lines, body, strict=True):
         if len(row) != len(header):
             raise DataError(
                 f"{path}:{line}: {len(row)} fields, header has {len(header)}"
             )
-    return {name: [r[j] for r in body] for j, name in enumerate(header)}
+    columns = {name: [r[j] for r in body] for j, name in enumerate(header)}
+    return Table(path, columns, lines)
 
 
-def _numeric(values: list[str]) -> np.ndarray | None:
-    """The column as float32 if every value is a finite number, else None."""
+def is_missing(cell: str) -> bool:
+    """Empty, a ``MISSING`` marker, or a non-finite number."""
+    text = cell.strip().lower()
+    if text in MISSING:
+        return True
     try:
-        column = np.asarray([float(v) for v in values], np.float32)
+        return not math.isfinite(float(text))
     except ValueError:
-        return None
-    return column if np.isfinite(column).all() else None
+        return False
+
+
+class _Column(NamedTuple):
+    values: np.ndarray  # (rows,) float32, NaN where the cell is not a number
+    ok: np.ndarray  # (rows,) bool: the cell is a finite float32
+    text: int  # cells that are neither numbers nor missing
+
+    @property
+    def numeric(self) -> bool:
+        return int(self.ok.sum()) > self.text
+
+
+def _parse_column(cells: list[str]) -> _Column:
+    values, text = [], 0
+    for cell in cells:
+        try:
+            values.append(float(cell))
+        except ValueError:
+            values.append(np.nan)
+            text += cell.strip().lower() not in MISSING
+    with np.errstate(over="ignore"):
+        column = np.asarray(values, np.float64).astype(np.float32)
+    ok = np.isfinite(column)
+    return _Column(column, ok, text)
 
 
 def encode_labels(*splits: list[str]) -> tuple[list[np.ndarray], int]:
@@ -112,34 +296,93 @@ def encode_labels(*splits: list[str]) -> tuple[list[np.ndarray], int]:
     return np.split(ids, cuts), len(classes)
 
 
-def _features(
-    table: dict[str, list[str]],
-    path: Path,
-    label_column: str,
-    drop: set[str],
-    keep: list[str] | None = None,
-) -> tuple[np.ndarray, list[str]]:
-    """Feature matrix (rows, features) and the kept column names.
+def _feature_columns(
+    table: Table, label_column: str, drop: Sequence[str], keep: list[str] | None
+) -> dict[str, _Column]:
+    """The parsed feature columns, in file order.
 
-    With ``keep`` (the train file's columns), those columns must all be numeric.
+    With ``keep`` (the train file's features), exactly those, all numeric.
+    Otherwise every numeric column besides the label and ``drop``; the others
+    are named in a warning.
     """
-    if label_column not in table:
+    path, columns = table.path, table.columns
+    if label_column not in columns:
         raise DataError(
-            f"{path}: no label column '{label_column}'; columns are {list(table)}"
+            f"{path}: no label column '{label_column}'; columns are {list(columns)}"
         )
-    names = (
-        keep
-        if keep is not None
-        else [c for c in table if c != label_column and c not in drop]
-    )
-    cols = {c: _numeric(table[c]) if c in table else None for c in names}
-    if keep is not None and any(v is None for v in cols.values()):
-        bad = [c for c, v in cols.items() if v is None]
-        raise DataError(f"{path}: feature columns {bad} missing or not numeric")
-    kept = [c for c in names if cols[c] is not None]
-    if not kept:
+    if keep is not None:
+        parsed = {c: _parse_column(columns[c]) for c in keep if c in columns}
+        bad = [c for c in keep if c not in parsed or not parsed[c].numeric]
+        if bad:
+            raise DataError(f"{path}: feature columns {bad} missing or not numeric")
+        return parsed
+    unknown = [c for c in drop if c not in columns]
+    if unknown:
+        raise DataError(
+            f"{path}: drop_columns {unknown} not in the columns {list(columns)}"
+        )
+    names = [c for c in columns if c != label_column and c not in drop]
+    parsed = {c: _parse_column(columns[c]) for c in names}
+    text = [c for c in names if not parsed[c].numeric]
+    if len(text) == len(names):
         raise DataError(f"{path}: no numeric feature columns besides '{label_column}'")
-    return np.stack([cols[c] for c in kept], axis=1), kept
+    if text:
+        warn(
+            f"{path}: ignoring non-numeric columns {text} (mostly text, not "
+            "numbers); list them in data.options.drop_columns to silence this"
+        )
+    return {c: parsed[c] for c in names if parsed[c].numeric}
+
+
+def _load_table(
+    table: Table,
+    label_column: str,
+    missing: str,
+    drop: Sequence[str] = (),
+    keep: list[str] | None = None,
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Features (rows, features) float32, label strings and feature names.
+
+    Rows with a non-number feature or a missing label raise (``missing:
+    error``) or are dropped with a warning (``missing: drop_rows``).
+    """
+    features = _feature_columns(table, label_column, drop, keep)
+    labels = table.columns[label_column]
+    label_ok = np.asarray([not is_missing(v) for v in labels], bool)
+    checks = [
+        (name, label_ok if name == label_column else features[name].ok)
+        for name in table.columns
+        if name == label_column or name in features
+    ]
+    bad = ~np.logical_and.reduce([ok for _, ok in checks])
+    if bad.any():
+        row = int(np.argmax(bad))
+        column = next(name for name, ok in checks if not ok[row])
+        cell = table.columns[column][row]
+        where = f"{table.path}:{table.lines[row]}"
+        what = (
+            f"label column '{column}' has {cell!r}; expected a class label"
+            if column == label_column
+            else f"column '{column}' has {cell!r}; expected a finite number"
+        )
+        count = int(bad.sum())
+        if missing == "error":
+            rows = f"{count} rows" if count > 1 else "1 row"
+            raise DataError(f"{where}: {what} ({rows} like this; {_MISSING_HINT})")
+        if count == len(bad):
+            raise DataError(
+                f"{table.path}: missing: drop_rows would drop every row "
+                f"(first at {where}: {what})"
+            )
+        warn(
+            f"{table.path}: dropped {count} of {len(bad)} rows with a missing or "
+            f"non-finite value (missing: drop_rows; first at line "
+            f"{table.lines[row]}: {what})"
+        )
+    keep_rows = ~bad
+    x = np.stack([col.values[keep_rows] for col in features.values()], axis=1)
+    kept_labels = [v for v, k in zip(labels, keep_rows, strict=True) if k]
+    return x, kept_labels, list(features)
 
 
 @DATASETS.register("csv")
@@ -152,17 +395,25 @@ def csv_table(
     test_path: str | None = None,
     drop_columns: tuple[str, ...] = (),
     delimiter: str = ",",
+    missing: Literal["error", "drop_rows"] = "error",
 ) -> Dataset:
-    """A CSV table; the test set is ``test_path`` or a seeded ``test_fraction``."""
+    """A CSV table; the test set is ``test_path`` or a seeded ``test_fraction``.
+
+    ``missing`` says what a missing or non-finite feature, or an empty label,
+    does: ``error`` (one line naming file, line and column) or ``drop_rows``
+    (those rows are dropped, with a warning giving the count).
+    """
     full = _existing("csv", data_dir, path)
-    table = read_table(full, delimiter)
-    x, kept = _features(table, full, label_column, set(drop_columns))
+    x, labels, kept = _load_table(
+        read_table(full, delimiter), label_column, missing, drop=drop_columns
+    )
     if test_path is None:
-        (y,), num_classes = encode_labels(table[label_column])
+        (y,), num_classes = encode_labels(labels)
         tx, ty, vx, vy = split_test(x, y, test_fraction, seed)
         return make_dataset("csv", (tx, ty), (vx, vy), num_classes)
     test_full = _existing("csv", data_dir, test_path)
-    test_table = read_table(test_full, delimiter)
-    vx, _ = _features(test_table, test_full, label_column, set(), keep=kept)
-    (ty, vy), num_classes = encode_labels(table[label_column], test_table[label_column])
+    vx, test_labels, _ = _load_table(
+        read_table(test_full, delimiter), label_column, missing, keep=kept
+    )
+    (ty, vy), num_classes = encode_labels(labels, test_labels)
     return make_dataset("csv", (x, ty), (vx, vy), num_classes)
