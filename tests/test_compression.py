@@ -42,7 +42,6 @@ def _vec(d, seed=0, dtype=jnp.float32):
 # (compressor, message, bits by hand); d = 20 unless said
 BITS = {
     "topk k=2": (topk(k=2), _vec(20), 2 * (32 + 5)),
-    "topk fraction=0.1": (topk(fraction=0.1), _vec(20), 2 * (32 + 5)),
     "topk d=32": (topk(k=3), _vec(32), 3 * (32 + 5)),
     "topk d=33": (topk(k=3), _vec(33), 3 * (32 + 6)),
     "topk bf16": (topk(k=2), _vec(20, dtype=jnp.bfloat16), 2 * (16 + 5)),
@@ -58,9 +57,7 @@ BITS = {
         {"a": _vec(20), "b": _vec(6)},  # k = round(2.6) = 3 of 26
         3 * (32 + 5),
     ),
-    "topk error_feedback": (topk(k=2, error_feedback=True), _vec(20), 2 * 37),
     "randomk k=3": (randomk(k=3), _vec(20), 3 * (32 + 5)),
-    "randomk unbiased": (randomk(k=3, unbiased=True), _vec(20), 3 * (32 + 5)),
     "randomk shared_seed": (randomk(k=3, shared_seed=True), _vec(20), 3 * 32),
     "qsgd s=1": (qsgd(1), _vec(20), 32 + 20 * (1 + 1)),
     "qsgd s=3": (qsgd(3), _vec(20), 32 + 20 * (1 + 2)),
