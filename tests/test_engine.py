@@ -9,7 +9,7 @@ import yaml
 
 import workbench.runner as runner
 from workbench.cli import main
-from workbench.errors import DivergenceError
+from workbench.errors import DivergenceError, RunInterrupted
 
 TINY = {
     "name": "tiny",
@@ -80,17 +80,19 @@ def test_cli_quickstart_few_rounds(tmp_path, capsys):
 
 def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
     path = write_scenario(tmp_path)
-    full_dir, _ = runner.run(str(path), [], out=str(tmp_path / "full"), progress=False)
+    full = runner.run(str(path), [], out=str(tmp_path / "full"), progress=False)
+    full_dir = full.run_dir
 
     real_save = runner.save_checkpoint
 
-    def killed_after_round_4(run_dir, round_, payload, keep):
-        real_save(run_dir, round_, payload, keep)
+    def killed_after_round_4(run_dir, round_, *args, **kwargs):
+        path = real_save(run_dir, round_, *args, **kwargs)
         if round_ == 4:
             raise KeyboardInterrupt
+        return path
 
     monkeypatch.setattr(runner, "save_checkpoint", killed_after_round_4)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterrupted, match="resume"):
         runner.run(str(path), [], out=str(tmp_path / "cut"), progress=False)
     assert [int(r["round"]) for r in rows(tmp_path / "cut" / "metrics.csv")] == [2, 4]
     monkeypatch.setattr(runner, "save_checkpoint", real_save)
@@ -122,10 +124,12 @@ def test_divergence_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
             "schedule": {"name": "step", "boundaries": [4], "factor": 1e30},
         },
     )
-    with pytest.raises(DivergenceError, match="diverged .* rounds 4-6"):
+    with pytest.raises(DivergenceError, match="diverged .* rounds 5-6") as info:
         runner.run(str(path), [], out=str(tmp_path / "run"), progress=False)
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts[-1] == "round_00000004.msgpack"
+    kept = tmp_path / "run" / "checkpoints" / "round_00000004.msgpack"
+    assert str(kept) in str(info.value) and kept.is_file()
     assert [r["round"] for r in rows(tmp_path / "run" / "metrics.csv")] == ["2", "4"]
 
 
@@ -162,7 +166,7 @@ def test_cli_errors_are_one_line(argv, fragment, capsys):
 
 def test_tensorboard_scalars_written(tmp_path):
     path = write_scenario(tmp_path, rounds=2, output={"tensorboard": True})
-    run_dir, summary = runner.run(
+    run_dir, summary, _ = runner.run(
         str(path), [], out=str(tmp_path / "tb"), progress=False
     )
     events = list((run_dir / "tb").glob("events.out.tfevents.*"))
@@ -226,7 +230,7 @@ def test_missing_cifar_files_is_one_line(tmp_path, capsys):
 )
 def test_dynamic_topology_compiles_once_and_learns(tmp_path, topology):
     path = write_scenario(tmp_path, rounds=6, eval_every=2, topology=topology)
-    _, summary = runner.run(str(path), [], out=str(tmp_path / "r"), progress=False)
+    summary = runner.run(str(path), [], out=str(tmp_path / "r"), progress=False).summary
     assert summary["compilations"] == 1
     losses = [float(r["test_loss_mean"]) for r in rows(tmp_path / "r" / "metrics.csv")]
     assert losses[-1] < losses[0] < np.log(10) + 0.5
@@ -289,7 +293,7 @@ def test_fedavg_partial_participation_end_to_end(tmp_path):
             "client_fraction": 0.25,
         },
     )
-    _, summary = runner.run(str(path), [], out=str(tmp_path / "r"), progress=False)
+    summary = runner.run(str(path), [], out=str(tmp_path / "r"), progress=False).summary
     metrics = rows(tmp_path / "r" / "metrics.csv")
     # 2 of 8 clients upload and 2 downloads per round
     assert float(metrics[-1]["bytes_sent_total"]) == 4 * (2 + 2) * (

@@ -1,7 +1,8 @@
-"""Command line: ``workbench simulate | topology describe | data fetch``.
+"""Command line: workbench simulate | list | topology describe | data fetch.
 
 Thin by design: parse, load the scenario, call the runner. User mistakes print
-one line on stderr and exit with status 2, never a traceback.
+one line on stderr and exit with status 2, never a traceback; SIGINT and SIGTERM
+stop a run cleanly with status 130 and a line saying how to resume it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ import argparse
 import os
 import sys
 
-from workbench.errors import WorkbenchError
+from workbench.errors import RunInterrupted, WorkbenchError
+from workbench.interrupts import handle_termination
+
+DESCRIPTION = (
+    "Simulation-first workbench for decentralized and federated learning: "
+    "run a scenario, list what the registries hold, describe a topology, "
+    "fetch a dataset."
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="workbench", description=__doc__.splitlines()[0])
+    p = _Parser(prog="workbench", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s = sub.add_parser("simulate", help="run a scenario in simulation")
     s.add_argument("scenario", nargs="?", help="scenario YAML file")
@@ -36,8 +44,16 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir",
         help="dataset directory (default $WORKBENCH_DATA or the user cache dir)",
     )
-    s.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run")
+    s.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint",
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    li = sub.add_parser(
+        "list", help="list registry entries (algorithms, topologies, models, ...)"
+    )
+    li.add_argument("kinds", nargs="*", metavar="KIND", help="only these kinds")
     t = sub.add_parser("topology", help="topology tools")
     t.add_argument("action", choices=["describe"])
     t.add_argument("rest", nargs=argparse.REMAINDER)
@@ -57,7 +73,7 @@ def _simulate(args) -> int:
         raise WorkbenchError("give either a SCENARIO file or --resume RUN_DIR")
     if args.resume and args.overrides:
         raise WorkbenchError("--set cannot change a resumed run; start a new one")
-    run_dir, summary = run(
+    result = run(
         args.scenario,
         args.overrides,
         out=args.out,
@@ -65,13 +81,29 @@ def _simulate(args) -> int:
         resume=args.resume,
         progress=not args.quiet,
     )
-    acc = summary["final_mean_test_accuracy"]
+    summary = result.summary
+    if result.already_finished:
+        print(
+            f"{result.run_dir} is finished ({summary['rounds']} rounds); "
+            "nothing to resume, no file changed"
+        )
     print(
-        f"run directory: {run_dir}\nfinal mean test accuracy {acc:.4f}, "
+        f"final mean test accuracy {_number(summary['final_mean_test_accuracy'])}, "
         f"{summary['peer_steps_per_second']:,.0f} peer-steps/s, "
         f"wall {summary['wall_seconds']:.1f} s (compile "
-        f"{summary['compile_seconds']:.1f} s)"
+        f"{summary['compile_seconds']:.1f} s); results in {result.run_dir}"
     )
+    return 0
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _list(args) -> int:
+    from workbench.catalog import catalog
+
+    print(catalog(args.kinds or None))
     return 0
 
 
@@ -90,18 +122,27 @@ def _data(args) -> int:
     return 0
 
 
-COMMANDS = {"simulate": _simulate, "topology": _topology, "data": _data}
+COMMANDS = {
+    "simulate": _simulate,
+    "list": _list,
+    "topology": _topology,
+    "data": _data,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with handle_termination():
+            return COMMANDS[args.command](args)
+    except RunInterrupted as e:
+        print(f"workbench: {e}", file=sys.stderr)
+        return 130
     except WorkbenchError as e:
         print(f"workbench: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("workbench: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+        print("workbench: interrupted", file=sys.stderr)
         return 130
 
 

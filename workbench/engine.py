@@ -18,6 +18,7 @@ import numpy as np
 from workbench.algorithms import ALGORITHMS
 from workbench.data import load_federated
 from workbench.execution import default_strategy, lift
+from workbench.memory import StateEstimate, out_of_memory_guard, tree_bytes
 from workbench.models import build_model, init_params, num_params
 from workbench.objective import make_loss
 from workbench.optim import make_optimizer
@@ -52,6 +53,7 @@ class Simulation:
     num_params: int
     model_bytes: int  # bytes of one model message (all parameters, their dtypes)
     strategy: tuple[str, int | None]
+    estimate: StateEstimate  # memory the stacked state needs
 
 
 def resolve_strategy(execution, num_peers: int) -> tuple[str, int | None]:
@@ -88,9 +90,14 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         participants=max(1, round(fraction * n)),
     )
     params = init_params(model, fed.input_shape, root_key(sc.seed))
-    stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
     keys = jax.random.split(root_key(sc.seed + 1), n)
-    state = jax.jit(jax.vmap(algorithm.init))(stacked, keys)
+    one = jax.eval_shape(algorithm.init, params, keys[0])
+    estimate = StateEstimate(n, tree_bytes(params), tree_bytes(one))
+    with out_of_memory_guard(estimate):
+        stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
+        state = jax.jit(jax.vmap(algorithm.init))(stacked, keys)
+        data = _device(PeerData(*fed.train))
+        eval_data = _eval_data(fed)
     sizes = fed.train.size.astype(np.float32)
     weighting = alg_kwargs.get("weighting", "uniform")
     weights = sizes if weighting == "data_size" else np.ones_like(sizes)
@@ -101,12 +108,13 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         chunk=make_chunk(spec, sc.seed),
         evaluate=make_evaluate(apply_fn, lifted, EVAL_BATCH),
         state=state,
-        data=_device(PeerData(*fed.train)),
-        eval_data=_eval_data(fed),
+        data=data,
+        eval_data=eval_data,
         weights=jnp.asarray(weights),
         num_params=num_params(params),
         model_bytes=sum(p.size * p.dtype.itemsize for p in jax.tree.leaves(params)),
         strategy=strategy,
+        estimate=estimate,
     )
 
 

@@ -32,6 +32,10 @@ class DivergenceError(WorkbenchError):
     """Training produced NaN/inf."""
 
 
+class RunInterrupted(WorkbenchError):
+    """SIGINT or SIGTERM stopped a run; the CLI exits with status 130."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Returns ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)

@@ -4,7 +4,7 @@
     <run>/metrics.csv     one row per evaluation
     <run>/peers.csv       one row per peer per evaluation
     <run>/summary.json    final figures, throughput, compile time, topology diagnostics
-    <run>/checkpoints/    resumable state (flax msgpack serialization, never pickle)
+    <run>/checkpoints/    resumable state (see checkpoint.py; never pickle)
     <run>/tb/             TensorBoard scalars when enabled
 
 Rows are appended and flushed at every evaluation, so a killed run loses at most
@@ -16,13 +16,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
-import flax.serialization
-
-from workbench.errors import WorkbenchError
+from workbench.rundir import disk_errors
 
 METRICS_FIELDS = [
     "round",
@@ -58,38 +55,33 @@ PEER_FIELDS = [
 ]
 
 
-def new_run_dir(root: str | os.PathLike, name: str) -> Path:
-    """``root/name/<timestamp>`` (a suffix keeps two runs in one second apart)."""
-    base = Path(root) / name / time.strftime("%Y%m%d-%H%M%S")
-    path, i = base, 1
-    while path.exists():
-        path, i = base.with_name(f"{base.name}-{i}"), i + 1
-    path.mkdir(parents=True)
-    return path
-
-
 class CsvLog:
     """Appends dict rows to a CSV with a fixed header, flushing each write."""
 
     def __init__(self, path: Path, fields: list[str]):
         self.path, self.fields = path, fields
         if not path.exists():
-            with path.open("w", newline="") as f:
+            with disk_errors(path), path.open("w", newline="") as f:
                 csv.writer(f).writerow(fields)
 
     def write(self, rows: list[dict[str, Any]]) -> None:
-        with self.path.open("a", newline="") as f:
+        with disk_errors(self.path), self.path.open("a", newline="") as f:
             writer = csv.DictWriter(f, self.fields)
             writer.writerows(rows)
 
+    def rows(self) -> list[dict[str, str]]:
+        return read_csv(self.path)
+
     def truncate_after(self, last_round: int) -> None:
-        """Drops rows whose ``round`` is greater than ``last_round``."""
-        with self.path.open(newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["round"]) <= last_round]
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, self.fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        """Drops rows whose ``round`` is greater than ``last_round`` (atomically)."""
+        rows = [r for r in self.rows() if int(r["round"]) <= last_round]
+        tmp = self.path.with_suffix(".tmp")
+        with disk_errors(self.path):
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, self.fields)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, self.path)
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -98,41 +90,11 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 def write_json(path: Path, obj: dict) -> None:
+    """Writes ``obj`` to ``path`` atomically (temporary file, then rename)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, path)
-
-
-# ------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(run_dir: Path, round_: int, payload: Any, keep: int = 2) -> Path:
-    """Writes ``payload`` (a pytree) atomically as checkpoints/round_<r>.msgpack."""
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
-    path = ckpt_dir / f"round_{round_:08d}.msgpack"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(flax.serialization.to_bytes(payload))
-    os.replace(tmp, path)
-    for old in sorted(ckpt_dir.glob("round_*.msgpack"))[:-keep]:
-        old.unlink()
-    return path
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((run_dir / "checkpoints").glob("round_*.msgpack"))
-    return found[-1] if found else None
-
-
-def load_checkpoint(path: Path, target: Any) -> Any:
-    """Restores a checkpoint into the structure of ``target``."""
-    try:
-        return flax.serialization.from_bytes(target, path.read_bytes())
-    except Exception as e:  # corrupt or from another scenario
-        raise WorkbenchError(
-            f"cannot restore checkpoint {path}: {type(e).__name__}: {e}; expected one "
-            "written by the same scenario"
-        ) from None
+    with disk_errors(path):
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
+        os.replace(tmp, path)
 
 
 # -------------------------------------------------------------- tensorboard
@@ -146,7 +108,8 @@ class Scalars:
         if enabled:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tb"))
+            with disk_errors(run_dir / "tb"):
+                self.writer = SummaryWriter(str(run_dir / "tb"))
 
     def write(self, row: dict[str, Any]) -> None:
         if self.writer is None:

@@ -1,9 +1,10 @@
 """The run loop: chunks of rounds, evaluation rows, checkpoints, resume, progress.
 
-``simulate(scenario, run_dir)`` writes everything into ``run_dir`` as it goes;
-``simulate(..., resume=True)`` restores the last checkpoint in ``run_dir``,
-drops the rows written after it and continues: same numbers as an uninterrupted
-run, because every random draw depends only on (seed, round, peer, purpose).
+``simulate(sim, run_dir)`` writes everything into ``run_dir`` as it goes;
+given a checkpoint it restores it, drops the rows written after it and
+continues: same numbers as an uninterrupted run, because every random draw
+depends only on (seed, round, peer, purpose). ``run`` is the CLI's entry: it
+guards the run directory (see rundir.py) and checks what a resume resumes.
 """
 
 from __future__ import annotations
@@ -16,22 +17,38 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 import workbench
+from workbench.checkpoint import (
+    Checkpoint,
+    changed_keys,
+    latest_good,
+    restore,
+    save_checkpoint,
+)
 from workbench.engine import Simulation
-from workbench.errors import DivergenceError, WorkbenchError
+from workbench.errors import DivergenceError, RunInterrupted, WorkbenchError, warn
+from workbench.interrupts import deferred
+from workbench.memory import out_of_memory_guard
+from workbench.progress import RunProgress
 from workbench.results import (
     METRICS_FIELDS,
     PEER_FIELDS,
     CsvLog,
     Scalars,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
+    read_csv,
     write_json,
 )
 from workbench.rounds import Evaluation
+from workbench.rundir import (
+    RUN_MARKER,
+    check_out_dir,
+    disk_errors,
+    is_finished,
+    new_run_dir,
+    run_lock,
+)
+from workbench.scenario import dump_scenario, load_scenario, scenario_to_dict
 
 
 def environment() -> dict:
@@ -142,13 +159,13 @@ def _payload(state, totals: Totals) -> dict:
     }
 
 
-def _restore(run_dir: Path, state, n: int):
-    ckpt = latest_checkpoint(run_dir)
+def _initial(sim: Simulation, ckpt: Checkpoint | None):
+    """(state, totals) at the start: fresh, or restored from ``ckpt``."""
+    n = sim.scenario.peers
+    totals = Totals(0, np.zeros(n), 0.0, 0.0)
     if ckpt is None:
-        raise WorkbenchError(
-            f"--resume {run_dir}: no checkpoint in {run_dir}/checkpoints"
-        )
-    got = load_checkpoint(ckpt, _payload(state, Totals(0, np.zeros(n), 0.0, 0.0)))
+        return sim.state, totals
+    got = restore(ckpt, _payload(sim.state, totals))
     totals = Totals(
         int(got["round"]),
         np.asarray(got["sent"]),
@@ -158,17 +175,6 @@ def _restore(run_dir: Path, state, n: int):
     return jax.tree.map(jnp.asarray, got["state"]), totals
 
 
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("round"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("{task.fields[acc]}"),
-        TextColumn("{task.fields[speed]}"),
-        disable=not enabled,
-    )
-
-
 class Timer(NamedTuple):
     compile: float = 0.0
     train: float = 0.0  # seconds inside chunks of rounds
@@ -176,89 +182,139 @@ class Timer(NamedTuple):
     compilations: int = 0
 
 
+def _diverged(first: int, last: int, kept: Path | None, enabled: bool) -> str:
+    if kept is not None:
+        keep = f"the last good checkpoint is kept: {kept}"
+    elif not enabled:
+        keep = "no checkpoint was kept (output.checkpoint is off)"
+    else:
+        keep = "there is no checkpoint: it diverged before the first one"
+    return (
+        f"training diverged (NaN/inf parameters) in rounds {first}-{last}; {keep}; "
+        "try a lower learning rate"
+    )
+
+
+def _interrupted(run_dir: Path, round_: int, kept: Path | None, sc) -> str:
+    if kept is not None:
+        return (
+            f"interrupted at round {round_}; {run_dir} is kept up to round "
+            f"{_round_of(kept)}; continue with: workbench simulate --resume {run_dir}"
+        )
+    if sc.output.checkpoint:
+        return (
+            f"interrupted before the first checkpoint; start it over with: "
+            f"workbench simulate --resume {run_dir}"
+        )
+    return (
+        f"interrupted at round {round_}; output.checkpoint is off, so {run_dir} "
+        "cannot be resumed (its rows are kept)"
+    )
+
+
+def _round_of(ckpt: Path) -> int:
+    return int(ckpt.stem.split("_")[-1])
+
+
 def simulate(
-    sim: Simulation, run_dir: Path, resume: bool = False, progress: bool = True
+    sim: Simulation,
+    run_dir: Path,
+    checkpoint: Checkpoint | None = None,
+    progress: bool = True,
+    console=None,
 ) -> dict:
-    """Runs (or resumes) ``sim`` into ``run_dir``; returns the summary dict."""
-    sc, n = sim.scenario, sim.scenario.peers
+    """Runs ``sim`` into ``run_dir`` (from ``checkpoint`` if given); the summary."""
+    sc = sim.scenario
     metrics = CsvLog(run_dir / "metrics.csv", METRICS_FIELDS)
     peers = CsvLog(run_dir / "peers.csv", PEER_FIELDS)
-    state, totals = sim.state, Totals(0, np.zeros(n), 0.0, 0.0)
-    if resume:
-        state, totals = _restore(run_dir, state, n)
-        metrics.truncate_after(totals.round)
-        peers.truncate_after(totals.round)
+    state, totals = _initial(sim, checkpoint)
+    metrics.truncate_after(totals.round)
+    peers.truncate_after(totals.round)
+    kept = checkpoint.path if checkpoint else None
     start, t0 = totals.round, time.perf_counter()
+    scenario = scenario_to_dict(sc)
     tb = Scalars(run_dir, sc.output.tensorboard)
-    evaluate, seconds = _aot(sim.evaluate, state.params, sim.eval_data)
-    timer, compiled, row = Timer(compile=seconds), {}, {}
+    timer, compiled, row = Timer(), {}, {}
     args = (sim.data, sim.topology.data, sim.weights)
-    with _progress_bar(progress) as bar:
-        task = bar.add_task(
-            "rounds", total=sc.rounds, completed=start, acc="", speed=""
-        )
-        while totals.round < sc.rounds:
-            r = totals.round
-            length = min(sc.eval_every, sc.rounds - r)
-            if length not in compiled:
-                compiled[length], seconds = _aot(
-                    sim.chunk, state, *args, jnp.int32(r), length=length
+    try:
+        with (
+            RunProgress(sc.rounds, start, progress, console) as bar,
+            out_of_memory_guard(sim.estimate),
+        ):
+            bar.compiling("the evaluation")
+            evaluate, seconds = _aot(sim.evaluate, state.params, sim.eval_data)
+            timer = timer._replace(compile=seconds)
+            while totals.round < sc.rounds:
+                r = totals.round
+                length = min(sc.eval_every, sc.rounds - r)
+                if length not in compiled:
+                    bar.compiling(f"a chunk of {length} rounds")
+                    compiled[length], seconds = _aot(
+                        sim.chunk, state, *args, jnp.int32(r), length=length
+                    )
+                    timer = timer._replace(
+                        compile=timer.compile + seconds,
+                        compilations=timer.compilations + 1,
+                    )
+                c0 = time.perf_counter()
+                state, sent, server = jax.block_until_ready(
+                    compiled[length](state, *args, jnp.int32(r))
                 )
+                c1 = time.perf_counter()
+                ev = jax.block_until_ready(evaluate(state.params, sim.eval_data))
                 timer = timer._replace(
-                    compile=timer.compile + seconds, compilations=timer.compilations + 1
+                    train=timer.train + c1 - c0,
+                    eval=timer.eval + time.perf_counter() - c1,
                 )
-            c0 = time.perf_counter()
-            state, sent, server = jax.block_until_ready(
-                compiled[length](state, *args, jnp.int32(r))
-            )
-            c1 = time.perf_counter()
-            ev = jax.block_until_ready(evaluate(state.params, sim.eval_data))
-            timer = timer._replace(
-                train=timer.train + c1 - c0, eval=timer.eval + time.perf_counter() - c1
-            )
-            if not bool(ev.finite):
-                raise DivergenceError(
-                    f"training diverged (NaN/inf parameters) in rounds {r}-{r + length}"
-                    f"; the last good checkpoint is kept in {run_dir / 'checkpoints'}"
+                if not bool(ev.finite):
+                    raise DivergenceError(
+                        _diverged(r + 1, r + length, kept, sc.output.checkpoint)
+                    )
+                totals = Totals(
+                    r + length,
+                    totals.sent + np.asarray(sent),
+                    totals.server_sent + float(server),
+                    totals.wall,
                 )
-            totals = Totals(
-                r + length,
-                totals.sent + np.asarray(sent),
-                totals.server_sent + float(server),
-                totals.wall,
-            )
-            wall = totals.wall + time.perf_counter() - t0
-            row, peer_rows = rows_from_evaluation(
-                ev,
-                totals.round,
-                wall,
-                totals.sent,
-                totals.server_sent,
-                sim.model_bytes,
-                sim.spec.participants,
-            )
-            metrics.write([row])
-            peers.write(peer_rows)
-            tb.write(row)
-            if sc.output.checkpoint:
-                save_checkpoint(
-                    run_dir,
+                wall = totals.wall + time.perf_counter() - t0
+                row, peer_rows = rows_from_evaluation(
+                    ev,
                     totals.round,
-                    _payload(state, totals._replace(wall=wall)),
-                    keep=sc.output.keep_checkpoints,
+                    wall,
+                    totals.sent,
+                    totals.server_sent,
+                    sim.model_bytes,
+                    sim.spec.participants,
                 )
-            speed = _peer_steps(sim, totals.round - start, timer.train)
-            bar.update(
-                task,
-                completed=totals.round,
-                acc=f"acc {row['test_acc_mean']:.3f}",
-                speed=f"{speed:,.0f} peer-steps/s",
-            )
-    tb.close()
+                with deferred():
+                    metrics.write([row])
+                    peers.write(peer_rows)
+                    tb.write(row)
+                    if sc.output.checkpoint:
+                        kept = save_checkpoint(
+                            run_dir,
+                            totals.round,
+                            _payload(state, totals._replace(wall=wall)),
+                            scenario,
+                            keep=sc.output.keep_checkpoints,
+                        )
+                speed = _peer_steps(sim, totals.round - start, timer.train)
+                bar.advance(totals.round, row["test_acc_mean"], speed)
+    except KeyboardInterrupt:
+        raise RunInterrupted(_interrupted(run_dir, totals.round, kept, sc)) from None
+    finally:
+        tb.close()
     sim.state = state
+    row = row or _last_row(metrics)
     summary = _summary(sim, row, timer, start, totals.wall + time.perf_counter() - t0)
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _last_row(metrics: CsvLog) -> dict:
+    """The last metrics row as numbers (a resume that had nothing left to run)."""
+    rows = metrics.rows()
+    return {k: float(v) for k, v in rows[-1].items() if v != ""} if rows else {}
 
 
 def _peer_steps(sim: Simulation, rounds: int, seconds: float) -> float:
@@ -292,6 +348,84 @@ def _summary(sim: Simulation, row: dict, timer: Timer, start: int, wall: float):
     }
 
 
+class RunResult(NamedTuple):
+    run_dir: Path
+    summary: dict
+    already_finished: bool = False  # a resumed run that had nothing left to do
+
+
+def _announce(run_dir: Path, verb: str) -> None:
+    print(f"workbench: {verb} {run_dir}", flush=True)
+
+
+def _resume_point(run_dir: Path, scenario) -> Checkpoint | None:
+    """The checkpoint to continue from, after checking it matches scenario.yaml."""
+    ckpt = latest_good(run_dir)
+    if ckpt is None:
+        done = (
+            read_csv(run_dir / "metrics.csv")
+            if (run_dir / "metrics.csv").is_file()
+            else []
+        )
+        if done:
+            raise WorkbenchError(
+                f"--resume {run_dir}: no readable checkpoint to continue from; its "
+                f"rows up to round {done[-1]['round']} are kept; start a new run"
+            )
+        warn(f"{run_dir} has no checkpoint yet; starting it from round 0")
+        return None
+    changed = changed_keys(ckpt.scenario, scenario_to_dict(scenario))
+    if changed:
+        raise WorkbenchError(
+            f"--resume {run_dir}: scenario.yaml was edited after the run started "
+            f"({', '.join(changed)} changed); put it back, or start a new run "
+            "with the new values"
+        )
+    return ckpt
+
+
+def _resume(run_dir: Path, data_dir, progress: bool) -> RunResult:
+    from workbench.data import resolve_data_dir
+    from workbench.engine import build
+
+    if not (run_dir / RUN_MARKER).is_file():
+        raise WorkbenchError(
+            f"--resume {run_dir}: no {RUN_MARKER} there; expected a run directory"
+        )
+    scenario = load_scenario(run_dir / RUN_MARKER)
+    summary = is_finished(run_dir, scenario.rounds)
+    if summary is not None:
+        return RunResult(run_dir, summary, already_finished=True)
+    with run_lock(run_dir):
+        ckpt = _resume_point(run_dir, scenario)
+        sim = build(scenario, resolve_data_dir(data_dir))
+        _announce(run_dir, "resuming")
+        return RunResult(run_dir, simulate(sim, run_dir, ckpt, progress))
+
+
+def _start(scenario_path, overrides, out, data_dir, progress: bool) -> RunResult:
+    from workbench.data import resolve_data_dir
+    from workbench.engine import build
+
+    scenario = load_scenario(scenario_path, overrides)
+    if out:
+        check_out_dir(Path(out))
+    sim = build(scenario, resolve_data_dir(data_dir))
+    if out:
+        run_dir = Path(out)
+        with disk_errors(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = new_run_dir("runs", scenario.name)
+    with run_lock(run_dir):
+        check_out_dir(run_dir)  # again, now that no one else can start here
+        header = "".join(f"# {k}: {v}\n" for k, v in environment().items())
+        with disk_errors(run_dir / RUN_MARKER):
+            (run_dir / RUN_MARKER).write_text(header + dump_scenario(scenario))
+        _announce(run_dir, "run directory")
+        return RunResult(run_dir, simulate(sim, run_dir, None, progress))
+
+
 def run(
     scenario_path: str | None,
     overrides: list[str],
@@ -300,30 +434,8 @@ def run(
     data_dir: str | None = None,
     resume: str | None = None,
     progress: bool = True,
-) -> tuple[Path, dict]:
-    """CLI entry: load (or reload) the scenario, build, write scenario.yaml, run."""
-    from workbench.data import resolve_data_dir
-    from workbench.engine import build
-    from workbench.results import new_run_dir
-    from workbench.scenario import dump_scenario, load_scenario
-
+) -> RunResult:
+    """CLI entry: start a new run, or resume (or report) the run in ``resume``."""
     if resume:
-        run_dir = Path(resume)
-        if not (run_dir / "scenario.yaml").is_file():
-            raise WorkbenchError(
-                f"--resume {run_dir}: no scenario.yaml there; expected a run directory"
-            )
-        scenario = load_scenario(run_dir / "scenario.yaml")
-    else:
-        scenario = load_scenario(scenario_path, overrides)
-        run_dir = Path(out) if out else new_run_dir("runs", scenario.name)
-        if (run_dir / "metrics.csv").exists():
-            raise WorkbenchError(
-                f"--out {run_dir} already holds a run; use "
-                "--resume to continue it or pick a new directory"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        header = "".join(f"# {k}: {v}\n" for k, v in environment().items())
-        (run_dir / "scenario.yaml").write_text(header + dump_scenario(scenario))
-    sim = build(scenario, resolve_data_dir(data_dir))
-    return run_dir, simulate(sim, run_dir, resume=bool(resume), progress=progress)
+        return _resume(Path(resume), data_dir, progress)
+    return _start(scenario_path, overrides, out, data_dir, progress)

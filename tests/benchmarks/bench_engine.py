@@ -2,7 +2,7 @@
 
 Run (not part of the default suite; ~3 min on the 2-core CPU)::
 
-    /work/venv/bin/pytest tests/benchmarks/bench_engine.py --benchmark-enable \\
+    python -m pytest tests/benchmarks/bench_engine.py --benchmark-enable \\
         -o addopts="" -p no:cacheprovider
 
 One local SGD step (batch 16 per peer, synthetic data) for n in {16, 64, 256}

@@ -2,7 +2,7 @@
 
 Run (not part of the default suite)::
 
-    /work/venv/bin/pytest tests/benchmarks/bench_mixing.py --benchmark-enable \\
+    python -m pytest tests/benchmarks/bench_mixing.py --benchmark-enable \\
         -p no:cacheprovider -o addopts=""
 
 Cases: ring (circulant), random 6-regular (bounded degree) and complete graphs

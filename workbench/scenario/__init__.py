@@ -4,7 +4,7 @@ A scenario is one YAML mapping::
 
     name: quickstart        # default: the file stem; names the run directory
     base: other.yaml        # optional, relative to this file; deep-merged under it
-    seed: 0                 # int >= 0
+    seed: 0                 # int in [0, 2**32)
     peers: 16               # int >= 1
     rounds: 300             # int >= 1
     eval_every: 25          # int >= 1, rounds per jitted chunk

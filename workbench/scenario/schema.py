@@ -52,7 +52,7 @@ class Scenario(FrozenModel):
     """A validated scenario. Registry sections are FrozenDicts ``{name, **kw}``."""
 
     name: str = Field("scenario", pattern=r"^\w[\w.+-]*$")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**32)  # the range of a 32-bit generator seed
     peers: int = Field(ge=1)
     rounds: int = Field(ge=1)
     eval_every: int = Field(25, ge=1)
