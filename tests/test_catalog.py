@@ -132,3 +132,24 @@ def test_unknown_kind_is_one_line_with_the_nearest_and_the_valid_kinds():
     assert "\n" not in message
     assert message.startswith("unknown kind 'topolgies' (did you mean 'topologies'?)")
     assert message.endswith(f"expected one of {list(KINDS)}")
+
+
+def test_cli_list_prints_the_catalog(capsys):
+    from workbench.cli import main
+
+    assert main(["list", "partitions"]) == 0
+    out = capsys.readouterr().out
+    assert "  dirichlet(alpha: float = 0.5, min_size: int = 1)" in out
+    assert "topologies" not in out
+    assert main(["list", "topolgies"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "did you mean 'topologies'" in err
+
+
+def test_cli_help_shows_no_raw_markup(capsys):
+    from workbench.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and "list" in out and "simulate" in out
