@@ -50,20 +50,16 @@ def run(
     """Runs ``rounds`` rounds; returns the final stacked state."""
     n = len(a)
     alg = make_alg(quadratic_loss, optax.sgd(lr))
-    spec = RoundSpec(
-        alg,
-        lambda d, t, k: d,
-        lambda f: lift(f, *strategy),
-        n,
-        local_steps,
-        1,
-        participants or n,
+    rounds_of = alg.rounds._replace(
+        local_steps=local_steps, participation=(participants or n) / n
     )
+    alg = alg._replace(rounds=rounds_of)
+    spec = RoundSpec(alg, lambda d, t, k: d, lambda f: lift(f, *strategy), n, 1)
     params = jnp.zeros((n,)) if x0 is None else jnp.asarray(x0, float)
     state = jax.vmap(alg.init)(params, jax.random.split(jax.random.key(0), n))
     chunk = make_chunk(spec, seed=0)
     w = jnp.ones((n,)) if weights is None else jnp.asarray(weights, float)
-    state, _, _ = chunk(
+    state, _ = chunk(
         state,
         quadratic_data(a, b),
         from_matrix(kernel, W),

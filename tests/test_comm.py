@@ -20,6 +20,7 @@ from workbench.comm import (
     mix,
 )
 from workbench.comm.host import to_host
+from workbench.comm.kernels import as_table
 from workbench.topology import TOPOLOGIES
 from workbench.topology.weights import adjacency, metropolis
 
@@ -138,6 +139,18 @@ def test_conversions_agree():
     np.testing.assert_allclose(convert(Mean(), "dense", 4).W, np.full((4, 4), 0.25))
     with pytest.raises(ValueError, match="cannot convert"):
         convert(from_matrix("segment", FAMILIES["star"]), "table", n)
+
+
+@pytest.mark.parametrize("kernel", ["mean", "dense", "segment", "roll", "table"])
+def test_every_kernel_converts_to_a_table_with_self_first(kernel):
+    n = 6
+    ring = (np.eye(n) + np.roll(np.eye(n), 1, 1) + np.roll(np.eye(n), -1, 1)) / 3
+    W = np.full((n, n), 1 / n) if kernel == "mean" else ring
+    table = as_table(from_matrix(kernel, W), n)
+    np.testing.assert_array_equal(np.asarray(table.idx)[:, 0], np.arange(n))
+    dense = np.zeros((n, n))
+    np.add.at(dense, (np.arange(n)[:, None], np.asarray(table.idx)), table.weight)
+    np.testing.assert_allclose(dense, W, atol=1e-7)
 
 
 def test_mean_and_roll_reject_other_matrices():

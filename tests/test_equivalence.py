@@ -48,12 +48,11 @@ def mlp_problem(n, m=20, seed=0):
 
 def run_mlp(alg, n, W, strategy=("vmap", None), rounds=6, steps=2, kernel="dense"):
     model, params, data = mlp_problem(n)
-    spec = RoundSpec(
-        alg, lambda d, t, k: d, lambda f: lift(f, *strategy), n, steps, 4, n
-    )
+    alg = alg._replace(rounds=alg.rounds._replace(local_steps=steps))
+    spec = RoundSpec(alg, lambda d, t, k: d, lambda f: lift(f, *strategy), n, 4)
     stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
     state = jax.vmap(alg.init)(stacked, jax.random.split(jax.random.key(1), n))
-    state, sent, _ = make_chunk(spec, seed=3)(
+    state, _ = make_chunk(spec, seed=3)(
         state, data, from_matrix(kernel, W), jnp.ones((n,)), jnp.int32(0), length=rounds
     )
     return model, params, data, state
@@ -97,7 +96,7 @@ def test_new_graph_of_same_shape_does_not_recompile():
     n = 8
     alg = dsgd(make_loss(MLP().apply), optax.sgd(0.1))
     model, params, data = mlp_problem(n)
-    spec = RoundSpec(alg, lambda d, t, k: d, jax.vmap, n, 1, 4, n)
+    spec = RoundSpec(alg, lambda d, t, k: d, jax.vmap, n, 4)
     chunk = make_chunk(spec, seed=0)
     stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
     init = jax.vmap(alg.init)(stacked, jax.random.split(jax.random.key(0), n))
@@ -105,7 +104,7 @@ def test_new_graph_of_same_shape_does_not_recompile():
     outs = []
     for W in (ring_weights(n), ring_weights(n, 0.25), rng.dirichlet(np.ones(n), n)):
         state = jax.tree.map(jnp.copy, init)
-        state, _, _ = chunk(
+        state, _ = chunk(
             state, data, from_matrix("dense", W), jnp.ones((n,)), jnp.int32(0), length=3
         )
         outs.append(np.asarray(jax.tree.leaves(state.params)[0]))

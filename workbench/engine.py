@@ -49,9 +49,8 @@ class Simulation:
     state: Any  # stacked algorithm state, leaves (n, ...)
     data: PeerData
     eval_data: EvalData
-    weights: jax.Array  # (n,) server aggregation weights
+    weights: jax.Array  # (n,) server aggregation weights (the algorithm's weighting)
     num_params: int
-    model_bytes: int  # bytes of one model message (all parameters, their dtypes)
     strategy: tuple[str, int | None]
     estimate: StateEstimate  # memory the stacked state needs
 
@@ -70,25 +69,20 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
     apply_fn = lambda params, x: model.apply({"params": params}, x)
     name, alg_kwargs, opt_cfg = algorithm_parts(sc)
     l2 = opt_cfg.pop("l2", 0.0)
-    steps = alg_kwargs.get("local_steps", 1)
-    local_opt = make_optimizer(**opt_cfg, total_steps=sc.rounds * steps)
-    loss_fn = make_loss(apply_fn, l2)
+
+    def optimizer(steps_per_round: int):
+        return make_optimizer(**opt_cfg, total_steps=sc.rounds * steps_per_round)
+
     algorithm = ALGORITHMS.build(
-        {"name": name, **alg_kwargs}, "algorithm", loss_fn=loss_fn, local_opt=local_opt
+        {"name": name, **alg_kwargs},
+        "algorithm",
+        loss_fn=make_loss(apply_fn, l2),
+        optimizer=optimizer,
     )
     topology = build_topology(dict(sc.topology), n, sc.seed, kernel=sc.execution.kernel)
     strategy = resolve_strategy(sc.execution, n)
     lifted = lambda fn: lift(fn, *strategy)
-    fraction = alg_kwargs.get("client_fraction", 1.0)
-    spec = RoundSpec(
-        algorithm,
-        topology.at,
-        lifted,
-        n,
-        steps,
-        sc.data.batch_size,
-        participants=max(1, round(fraction * n)),
-    )
+    spec = RoundSpec(algorithm, topology.at, lifted, n, sc.data.batch_size)
     params = init_params(model, fed.input_shape, root_key(sc.seed))
     keys = jax.random.split(root_key(sc.seed + 1), n)
     one = jax.eval_shape(algorithm.init, params, keys[0])
@@ -99,8 +93,8 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         data = _device(PeerData(*fed.train))
         eval_data = _eval_data(fed)
     sizes = fed.train.size.astype(np.float32)
-    weighting = alg_kwargs.get("weighting", "uniform")
-    weights = sizes if weighting == "data_size" else np.ones_like(sizes)
+    by_size = algorithm.rounds.weighting == "data_size"
+    weights = sizes if by_size else np.ones_like(sizes)
     return Simulation(
         scenario=sc,
         spec=spec,
@@ -112,7 +106,6 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         eval_data=eval_data,
         weights=jnp.asarray(weights),
         num_params=num_params(params),
-        model_bytes=sum(p.size * p.dtype.itemsize for p in jax.tree.leaves(params)),
         strategy=strategy,
         estimate=estimate,
     )

@@ -16,7 +16,7 @@ import jax
 KEY_IMPL = "philox2x32"
 
 # purposes for fold_in: stable integers, never reorder
-LOCAL, TOPOLOGY, PARTICIPATION = 0, 1, 2
+LOCAL, TOPOLOGY, PARTICIPATION, EXCHANGE = 0, 1, 2, 3
 
 
 def root_key(seed: int) -> jax.Array:

@@ -9,14 +9,18 @@ so every execution strategy gives the same numbers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from workbench.algorithms.base import Algorithm
-from workbench.comm.exchange import exchange, messages_sent
+from workbench.algorithms.base import Algorithm, PeerTopo
+from workbench.comm.arrays import Table
+from workbench.comm.exchange import EXCHANGES, Context, out_edges
+from workbench.comm.kernels import as_table
+from workbench.comm.messages import plain
 from workbench.keys import (  # noqa: F401  (re-exported)
+    EXCHANGE,
     KEY_IMPL,
     LOCAL,
     PARTICIPATION,
@@ -41,16 +45,41 @@ class EvalData(NamedTuple):
     test_mask: jax.Array  # (m_test,) float32
 
 
+class Capture(NamedTuple):
+    """Which outboxes a chunk returns: those of ``peers`` every ``every`` rounds.
+
+    Memory is bounded by ``ceil(length / every) x len(peers)`` messages per chunk.
+    """
+
+    peers: tuple[int, ...]
+    every: int = 1
+
+
+class Captured(NamedTuple):
+    rounds: jax.Array  # (slots,) int32 round of each slot, -1 if unused
+    sent: jax.Array  # (slots, p) bool: the captured peer sent that round
+    outbox: Any  # leaves (slots, p, ...): what each captured peer sent
+
+
 class RoundSpec(NamedTuple):
-    """Static structure of a round."""
+    """Static structure of a round (the algorithm brings its own ``rounds``)."""
 
     algorithm: Algorithm
     topology_at: Callable  # (topo_data, t, key) -> kernel arrays
     lift: Callable  # per-peer fn -> stacked fn (execution strategy)
     num_peers: int
-    local_steps: int
     batch_size: int
-    participants: int  # peers sampled per round (== num_peers: everyone)
+    capture: Capture | None = None
+
+    @property
+    def participants(self) -> int:
+        """Peers active per round (== num_peers: everyone)."""
+        fraction = self.algorithm.rounds.participation
+        return max(1, min(self.num_peers, round(fraction * self.num_peers)))
+
+    @property
+    def local_steps(self) -> int:
+        return self.algorithm.rounds.local_steps
 
 
 def sample_batches(key, x, y, size, steps: int, batch_size: int) -> Batch:
@@ -66,38 +95,82 @@ def sample_peers(key, n: int, m: int) -> jax.Array:
     return jnp.sort(jax.random.permutation(key, n)[:m]).astype(jnp.int32)
 
 
-def make_round(spec: RoundSpec, seed: int) -> Callable:
-    """``round(state, t, data, topo, weights) -> state, (sent (n,), server ())``.
+def peer_topology(arrays, n: int) -> tuple[Table, PeerTopo]:
+    """The round's W as an in-neighbour table, and each peer's view (n, ...)."""
+    table = as_table(arrays, n)
+    self_idx = jnp.arange(n, dtype=table.idx.dtype)[:, None]
+    mask = (table.weight != 0) & (table.idx != self_idx)
+    degree = jnp.sum(mask, axis=1).astype(jnp.int32)
+    out = out_edges(arrays, n).astype(jnp.int32)
+    return table, PeerTopo(table.idx, table.weight, mask, degree, out)
 
-    Only the ``spec.participants`` sampled peers run ``local`` (the others are
-    not computed at all); partial participation needs a ``server`` exchange.
+
+class Phases(NamedTuple):
+    """A round as separately jittable phases.
+
+    The simulated chunk composes them inside ``lax.scan``; a network transport
+    calls ``local`` and ``combine`` for its block of peers and does the
+    exchange itself. ``local`` and ``combine`` take stacked arguments (leading
+    axis: the block's peers); a block of one peer is a leading axis of 1.
     """
+
+    select: Callable  # (t) -> (m,) int32 participants
+    topology: Callable  # (topo_data, t) -> (arrays, table | None, topo (n,) | None)
+    local: Callable  # (state, x, y, size, peers, t, topo) -> state, outbox
+    exchange: Callable  # (outbox, arrays, table, peers, weights, t) -> inbox, sent, srv
+    combine: Callable  # (state, inbox, topo) -> state
+    resend: Callable | None  # (state, topo) -> outbox (gossip steps > 1)
+
+
+def make_phases(spec: RoundSpec, seed: int) -> Phases:
     alg, n, m = spec.algorithm, spec.num_peers, spec.participants
+    kind = EXCHANGES[alg.exchange]
     if m < n and alg.exchange != "server":
         raise ValueError(
             f"partial participation needs a server exchange, not '{alg.exchange}'"
         )
+    if alg.rounds.gossip_steps > 1 and alg.resend is None:
+        raise ValueError("gossip_steps > 1 needs the algorithm's resend function")
+    wants_table = kind.needs_table or alg.uses_topology
 
-    def peer_local(state, x, y, size, peer, t):
+    def select(t):
+        return sample_peers(round_key(seed, t, PARTICIPATION), n, m)
+
+    def topology(topo_data, t):
+        arrays = spec.topology_at(topo_data, t, round_key(seed, t, TOPOLOGY))
+        if not wants_table:
+            return arrays, None, None
+        table, view = peer_topology(arrays, n)
+        return arrays, table, view
+
+    def peer_local(state, x, y, size, peer, t, topo):
         key = jax.random.fold_in(round_key(seed, t, LOCAL), peer)
         kb, kl = jax.random.split(key)
         batches = sample_batches(kb, x, y, size, spec.local_steps, spec.batch_size)
-        return alg.local(state, batches, kl)
+        return alg.local(state, batches, topo if alg.uses_topology else None, kl)
 
-    def one_round(state, t, data: PeerData, topo_data, weights):
-        peers = sample_peers(round_key(seed, t, PARTICIPATION), n, m)
-        take = (lambda tree: tree) if m >= n else _taker(peers)
-        sub, outbox = spec.lift(peer_local)(
-            take(state), *take(tuple(data)), peers, jnp.broadcast_to(t, (m,))
-        )
-        state = sub if m >= n else _scatter(state, sub, peers)
-        arrays = spec.topology_at(topo_data, t, round_key(seed, t, TOPOLOGY))
-        inbox = exchange(alg.exchange, outbox, arrays, take(weights), n)
-        state = spec.lift(alg.combine)(state, inbox)
-        active = jnp.zeros((n,), weights.dtype).at[peers].set(take(weights))
-        return state, messages_sent(alg.exchange, arrays, active, n)
+    def local(state, x, y, size, peers, t, topo):
+        t = jnp.broadcast_to(t, peers.shape)
+        return spec.lift(peer_local)(state, x, y, size, peers, t, topo)
 
-    return one_round
+    def exchange(outbox, arrays, table, peers, weights, t):
+        key = round_key(seed, t, EXCHANGE)
+        ctx = Context(arrays, table, peers, weights, n, key, alg.message)
+        sent, server = kind.cost(outbox, ctx)
+        return kind.deliver(outbox, ctx), sent, server
+
+    def combine(state, inbox, topo):
+        view = topo if alg.uses_topology else None
+        return spec.lift(lambda s, i, v: alg.combine(s, i, v))(state, inbox, view)
+
+    resend = None
+    if alg.resend is not None:
+
+        def resend(state, topo):
+            view = topo if alg.uses_topology else None
+            return spec.lift(lambda s, v: alg.resend(s, v))(state, view)
+
+    return Phases(select, topology, local, exchange, combine, resend)
 
 
 def _taker(peers: jax.Array) -> Callable:
@@ -108,21 +181,95 @@ def _scatter(full, part, peers: jax.Array):
     return jax.tree.map(lambda a, b: a.at[peers].set(b), full, part)
 
 
+class Traffic(NamedTuple):
+    sent: jax.Array  # (n,) bits each peer sent this round
+    server: jax.Array  # () bits the server sent this round
+
+
+def make_round(spec: RoundSpec, seed: int) -> Callable:
+    """``round(state, t, data, topo_data, weights) -> state, Traffic, outbox``.
+
+    Only the ``spec.participants`` sampled peers run ``local`` (the others are
+    not computed at all); ``outbox`` is the participants' first message.
+    """
+    n, m = spec.num_peers, spec.participants
+    ph = make_phases(spec, seed)
+
+    def one_round(state, t, data: PeerData, topo_data, weights):
+        peers = ph.select(t)
+        take = (lambda tree: tree) if m >= n else _taker(peers)
+        arrays, table, view = ph.topology(topo_data, t)
+        sub, outbox = ph.local(take(state), *take(tuple(data)), peers, t, take(view))
+        state = sub if m >= n else _scatter(state, sub, peers)
+        w = take(weights)
+        inbox, sent, server = ph.exchange(outbox, arrays, table, peers, w, t)
+        state = ph.combine(state, inbox, view)
+        for _ in range(spec.algorithm.rounds.gossip_steps - 1):
+            again = ph.resend(state, view)
+            inbox, more, srv = ph.exchange(again, arrays, table, peers, w, t)
+            state = ph.combine(state, inbox, view)
+            sent, server = sent + more, server + srv
+        return state, Traffic(sent, server), (peers, outbox)
+
+    return one_round
+
+
+def _capture_init(capture: Capture, outbox_shape, length: int) -> Captured:
+    slots, p = -(-length // capture.every), len(capture.peers)
+    zeros = jax.tree.map(
+        lambda s: jnp.zeros((slots, p) + s.shape[1:], s.dtype), outbox_shape
+    )
+    return Captured(
+        jnp.full((slots,), -1, jnp.int32), jnp.zeros((slots, p), bool), zeros
+    )
+
+
+def _capture_step(buf: Captured, capture: Capture, t, start, peers, outbox, n):
+    """Writes the captured peers' messages of round t into their slot."""
+    chosen = jnp.asarray(capture.peers, jnp.int32)
+    pos = jnp.searchsorted(peers, chosen)
+    pos = jnp.minimum(pos, peers.shape[0] - 1)
+    sent = peers[pos] == chosen
+    slot = (t - start) // capture.every
+    keep = (t - start) % capture.every == 0
+    values = jax.tree.map(lambda x: x[pos], plain(outbox))
+
+    def write(old, new):
+        return old.at[slot].set(jnp.where(keep, new, old[slot]))
+
+    return Captured(
+        write(buf.rounds, t),
+        write(buf.sent, sent),
+        jax.tree.map(write, buf.outbox, values),
+    )
+
+
 def make_chunk(spec: RoundSpec, seed: int) -> Callable:
     """``chunk(state, data, topo_data, weights, start, length)``: rounds start..+length.
 
-    Returns (state, per-peer messages sent (n,), server messages sent ()).
+    Returns (state, Traffic with leaves (length, ...)) and, with
+    ``spec.capture``, a third value: the :class:`Captured` outboxes.
     """
     one_round = make_round(spec, seed)
+    n, capture = spec.num_peers, spec.capture
 
     def chunk(state, data, topo_data, weights, start, length: int):
-        def body(st, t):
-            return one_round(st, t, data, topo_data, weights)
+        def body(carry, t):
+            st, buf = carry
+            st, traffic, (peers, outbox) = one_round(st, t, data, topo_data, weights)
+            if capture is not None:
+                buf = _capture_step(buf, capture, t, start, peers, outbox, n)
+            return (st, buf), traffic
 
-        state, (sent, server) = jax.lax.scan(
-            body, state, start + jnp.arange(length, dtype=jnp.int32)
-        )
-        return state, jnp.sum(sent, axis=0), jnp.sum(server)
+        buf = None
+        if capture is not None:
+            shapes = jax.eval_shape(
+                lambda: plain(one_round(state, start, data, topo_data, weights)[2][1])
+            )
+            buf = _capture_init(capture, shapes, length)
+        rounds = start + jnp.arange(length, dtype=jnp.int32)
+        (state, buf), traffic = jax.lax.scan(body, (state, buf), rounds)
+        return (state, traffic) if capture is None else (state, traffic, buf)
 
     return jax.jit(chunk, static_argnames="length", donate_argnums=0)
 

@@ -81,9 +81,8 @@ def rows_from_evaluation(
     ev: Evaluation,
     round_: int,
     wall: float,
-    sent: np.ndarray,
-    server_sent: float,
-    model_bytes: int,
+    sent_bits: np.ndarray,
+    server_bits: float,
     active: int,
 ):
     """(metrics row, peer rows) for one evaluation."""
@@ -100,7 +99,7 @@ def rows_from_evaluation(
         _ratio(ev.val.correct, ev.val.count),
         _ratio(ev.val.loss, ev.val.count),
     )
-    peer_bytes = sent * model_bytes
+    peer_bytes = np.asarray(sent_bits, np.float64) / 8
     row = {
         "round": round_,
         "virtual_time": float(round_),
@@ -112,7 +111,7 @@ def rows_from_evaluation(
         "averaged_model_acc": float(_ratio(ev.averaged.correct, ev.averaged.count)),
         "averaged_model_loss": float(_ratio(ev.averaged.loss, ev.averaged.count)),
         "consensus_distance": float(ev.consensus),
-        "bytes_sent_total": float(peer_bytes.sum() + server_sent * model_bytes),
+        "bytes_sent_total": float(peer_bytes.sum() + server_bits / 8),
         "bytes_sent_per_peer": float(peer_bytes.mean()),
         "active_peers": active,
     }
@@ -144,8 +143,8 @@ class Totals(NamedTuple):
     """What a checkpoint carries besides the state; restored on resume."""
 
     round: int
-    sent: np.ndarray  # (n,) model-sized messages sent by each peer so far
-    server_sent: float  # messages sent by the server so far
+    sent: np.ndarray  # (n,) float64 bits sent by each peer so far
+    server_sent: float  # bits sent by the server so far
     wall: float  # wall seconds spent before this process
 
 
@@ -257,7 +256,7 @@ def simulate(
                         compilations=timer.compilations + 1,
                     )
                 c0 = time.perf_counter()
-                state, sent, server = jax.block_until_ready(
+                state, traffic = jax.block_until_ready(
                     compiled[length](state, *args, jnp.int32(r))
                 )
                 c1 = time.perf_counter()
@@ -270,10 +269,12 @@ def simulate(
                     raise DivergenceError(
                         _diverged(r + 1, r + length, kept, sc.output.checkpoint)
                     )
+                sent = np.asarray(traffic.sent, np.float64).sum(axis=0)
+                server = float(np.asarray(traffic.server, np.float64).sum())
                 totals = Totals(
                     r + length,
-                    totals.sent + np.asarray(sent),
-                    totals.server_sent + float(server),
+                    totals.sent + sent,
+                    totals.server_sent + server,
                     totals.wall,
                 )
                 wall = totals.wall + time.perf_counter() - t0
@@ -283,7 +284,6 @@ def simulate(
                     wall,
                     totals.sent,
                     totals.server_sent,
-                    sim.model_bytes,
                     sim.spec.participants,
                 )
                 with deferred():

@@ -1,23 +1,30 @@
-"""The algorithm interface: pure per-peer functions that the engine vmaps.
+"""The algorithm interface: pure per-peer functions and the round they run in.
 
-An algorithm is written for ONE peer. Peers interact only through the exchange
-between ``local`` and ``combine``:
+An algorithm is written for ONE peer; the engine lifts it over the peer axis.
+Peers interact only through an exchange (workbench.comm.exchange) between
+``local`` and ``combine``:
 
-    init(params, key)              -> state
-    local(state, batches, key)     -> state, outbox     (compute, no communication)
-    combine(state, inbox)          -> state             (uses what neighbours sent)
+    init(params, key)                      -> state
+    local(state, batches, topo, key)       -> state, outbox  (no communication)
+    combine(state, inbox, topo)            -> state          (uses what was sent)
+    resend(state, topo)                    -> outbox         (between gossip steps)
+    message(outbox, sender, receiver, key) -> message        (``edge`` exchange)
 
-``exchange`` names how an outbox becomes an inbox (see EXCHANGES in
-workbench/exchange.py): ``"average"`` gives each peer the W-weighted average of
-its in-neighbours' outboxes (self included), ``"server"`` gives every peer the
-weighted mean of the participating peers' outboxes. Every state has a
-``params`` field: the model the peer would deploy, used for evaluation.
+``exchange`` names an EXCHANGES entry; the inbox it delivers depends on it
+(``average``: the W-weighted sum; ``gather``/``edge``: an :class:`Inbox` of
+in-neighbour messages; ``server``: the weighted mean of the participants).
+An outbox is any pytree; a compressed part is wrapped in ``Coded`` so its
+exact bit count is what the message costs. ``topo`` is the peer's
+:class:`PeerTopo` for the round when ``uses_topology`` (else None). ``rounds``
+is the round structure the engine follows: it never reads an algorithm's
+settings from the scenario itself. Every state has a ``params`` field: the
+model the peer would deploy, used for evaluation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import optax
@@ -26,11 +33,42 @@ PyTree = Any
 LossFn = Callable[[PyTree, Any], jax.Array]  # (params, batch) -> scalar
 
 
+class RoundStructure(NamedTuple):
+    """What happens in one round, as the algorithm declares it."""
+
+    local_steps: int = 1  # optax steps (batches) per round in ``local``
+    participation: float = 1.0  # fraction of peers active per round
+    weighting: Literal["uniform", "data_size"] = "uniform"  # server-mean weights
+    gossip_steps: int = 1  # exchange + combine repetitions per round
+
+
+class PeerTopo(NamedTuple):
+    """One peer's view of the round's graph: its padded in-neighbour row of W."""
+
+    idx: jax.Array  # (k,) int32 in-neighbours; column 0 is the peer itself
+    weight: jax.Array  # (k,) W_ij for each column (padding: 0)
+    mask: jax.Array  # (k,) bool: a real in-neighbour (not self, not padding)
+    degree: jax.Array  # () int32 number of in-neighbours
+    out_degree: jax.Array  # () int32 number of out-neighbours
+
+
+class Inbox(NamedTuple):
+    """What a ``gather`` or ``edge`` exchange delivers to one peer."""
+
+    messages: PyTree  # leaves (k, ...): column c came from topo.idx[c]
+    weight: jax.Array  # (k,) W_ij
+    mask: jax.Array  # (k,) bool: a real in-neighbour (column 0, self, is False)
+
+
 class Algorithm(NamedTuple):
     init: Callable[[PyTree, jax.Array], PyTree]
-    local: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, PyTree]]
-    combine: Callable[[PyTree, PyTree], PyTree]
-    exchange: str  # "average" | "server"
+    local: Callable[..., tuple[PyTree, PyTree]]  # (state, batches, topo, key)
+    combine: Callable[..., PyTree]  # (state, inbox, topo)
+    exchange: str = "average"  # an EXCHANGES entry
+    rounds: RoundStructure = RoundStructure()
+    resend: Callable | None = None  # (state, topo) -> outbox; gossip_steps > 1
+    message: Callable | None = None  # (outbox, sender, receiver, key); edge only
+    uses_topology: bool = False  # whether local/combine read ``topo``
 
 
 def local_steps(
@@ -50,3 +88,17 @@ def local_steps(
 
     (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), batches)
     return params, opt_state, losses.mean()
+
+
+def mean_gradient(loss_fn: LossFn, params, batches):
+    """(mean loss, mean gradient) over the leading axis of ``batches`` at ``params``.
+
+    For algorithms that need the raw stochastic gradient (gradient tracking,
+    D^2, CHOCO) rather than an optax step.
+    """
+
+    def one(batch):
+        return jax.value_and_grad(loss_fn)(params, batch)
+
+    losses, grads = jax.lax.map(one, batches)
+    return losses.mean(), jax.tree.map(lambda g: g.mean(0), grads)

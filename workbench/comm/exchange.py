@@ -1,100 +1,190 @@
-"""Simulated exchange: outbox -> inbox for each ``Algorithm.exchange`` kind, and
-the number of model-sized messages each peer sent (for the bytes-sent metric).
+"""Simulated exchanges: the participants' outboxes become inboxes, and what it cost.
 
-- ``average``: inbox_i = sum_j W_ij outbox_j, computed by a mixing kernel.
-- ``server``:  inbox_i = sum_j c_j outbox_j / sum_j c_j for every i, over the
-  sampled peers j, with c_j their aggregation weight (uniform or data size).
+An exchange is an EXCHANGES entry with two parts, both jittable:
+
+- ``deliver(outbox, ctx) -> inbox``: outbox leaves are stacked over the
+  participants ``ctx.peers`` (m, ...); the inbox is stacked over all n peers.
+- ``cost(outbox, ctx) -> (sent (n,), server ())``: bits each peer sent this
+  round, and bits the server sent, from the messages actually made: their
+  dtypes and shapes (or the bits a ``Coded`` part reports) times the
+  deliveries made (in-edges with a non-zero weight, participants only).
+
+Entries:
+
+- ``average``: inbox_i = sum_j W_ij outbox_j, by the fast mixing kernels.
+- ``gather``: inbox_i = :class:`Inbox` of the in-neighbours' messages, padded to
+  the max in-degree, with W_ij and a mask; the algorithm reduces them.
+- ``edge``: like ``gather``, but each message is made by the sender for one
+  out-edge: ``algorithm.message(outbox_j, j, i, edge_key)``, where
+  ``edge_key`` is the same for (i, j) and (j, i) (jraph-style per-edge
+  messages, delivered by a gather over the in-neighbour table).
+- ``server``: every peer receives the weighted mean of the participants'
+  outboxes (uniform or data-size weights); the server sends the mean back
+  to each participant.
+
+A network transport does the exchange itself and calls only the algorithm's
+``local`` and ``combine`` (see workbench.rounds.Phases).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
+from workbench.algorithms.base import Inbox
 from workbench.comm.arrays import Dense, KernelArrays, Mean, Roll, Segment, Table
 from workbench.comm.kernels import mix
+from workbench.comm.messages import message_bits, plain
 
 
-def average(outbox, arrays: KernelArrays, weights: jax.Array, n: int):
-    del weights, n
-    return mix(arrays, outbox)
+class Context(NamedTuple):
+    """Everything an exchange may read in one round (built inside jit)."""
+
+    arrays: KernelArrays  # the round's mixing matrix
+    table: Table | None  # the same W as an in-neighbour table (gather, edge)
+    peers: jax.Array  # (m,) int32 participants, sorted
+    weights: jax.Array  # (m,) server aggregation weight of each participant
+    n: int
+    key: jax.Array  # the round's exchange key (edge messages)
+    message: Callable | None  # the algorithm's per-edge message function
 
 
-def server(outbox, arrays: KernelArrays, weights: jax.Array, n: int):
-    """Weighted mean of the m senders' outboxes (m, ...), broadcast to n peers."""
-    del arrays
-    c = weights / jnp.sum(weights)
-
-    def agg(leaf):
-        avg = jnp.tensordot(c.astype(leaf.dtype), leaf, axes=1)
-        return jnp.broadcast_to(avg, (n,) + avg.shape)
-
-    return jax.tree.map(agg, outbox)
+class Exchange(NamedTuple):
+    deliver: Callable[[Any, Context], Any]
+    cost: Callable[[Any, Context], tuple[jax.Array, jax.Array]]
+    needs_table: bool = False
 
 
-EXCHANGES = {"average": average, "server": server}
+# ------------------------------------------------------------------ average
 
 
-def exchange(kind: str, outbox, arrays: KernelArrays, weights: jax.Array, n: int):
-    """The inbox (n, ...) of every peer from the senders' outboxes and weights."""
-    return EXCHANGES[kind](outbox, arrays, weights, n)
+def _deliver_average(outbox, ctx: Context):
+    return mix(ctx.arrays, plain(outbox))
 
 
-# ------------------------------------------------------- message accounting
-
-
-def _sent_mean(arrays: Mean, n: int) -> jax.Array:
+def _out_edges_mean(arrays: Mean, n: int) -> jax.Array:
     return jnp.full((n,), n - 1, jnp.float32)
 
 
-def _sent_dense(arrays: Dense, n: int) -> jax.Array:
+def _out_edges_dense(arrays: Dense, n: int) -> jax.Array:
     off = (arrays.W != 0) & ~jnp.eye(n, dtype=bool)
     return jnp.sum(off, axis=0).astype(jnp.float32)
 
 
-def _sent_roll(arrays: Roll, n: int) -> jax.Array:
+def _out_edges_roll(arrays: Roll, n: int) -> jax.Array:
     real = (arrays.weights != 0) & (arrays.shifts % n != 0)
     return jnp.full((n,), jnp.sum(real), jnp.float32)
 
 
-def _sent_table(arrays: Table, n: int) -> jax.Array:
+def _out_edges_table(arrays: Table, n: int) -> jax.Array:
     self_idx = jnp.arange(n)[:, None]
     real = ((arrays.weight != 0) & (arrays.idx != self_idx)).astype(jnp.float32)
     return jax.ops.segment_sum(real.reshape(-1), arrays.idx.reshape(-1), n)
 
 
-def _sent_segment(arrays: Segment, n: int) -> jax.Array:
+def _out_edges_segment(arrays: Segment, n: int) -> jax.Array:
     real = (arrays.weight != 0) & (arrays.senders != arrays.receivers)
     return jax.ops.segment_sum(real.astype(jnp.float32), arrays.senders, n)
 
 
-_SENT = {
-    Mean: _sent_mean,
-    Dense: _sent_dense,
-    Roll: _sent_roll,
-    Table: _sent_table,
-    Segment: _sent_segment,
+OUT_EDGES = {
+    Mean: _out_edges_mean,
+    Dense: _out_edges_dense,
+    Roll: _out_edges_roll,
+    Table: _out_edges_table,
+    Segment: _out_edges_segment,
 }
 
 
-def _sent_average(arrays: KernelArrays, active: jax.Array, n: int):
-    del active
-    return _SENT[type(arrays)](arrays, n), jnp.zeros(())
+def out_edges(arrays: KernelArrays, n: int) -> jax.Array:
+    """(n,) number of out-neighbours of each peer (non-zero W_ij, i != j)."""
+    return OUT_EDGES[type(arrays)](arrays, n)
 
 
-def _sent_server(arrays: KernelArrays, active: jax.Array, n: int):
-    del arrays, n
-    uploads = (active > 0).astype(jnp.float32)
-    return uploads, jnp.sum(uploads)  # the server sends each uploader the model
+def _scatter(values: jax.Array, ctx: Context) -> jax.Array:
+    return jnp.zeros((ctx.n,), values.dtype).at[ctx.peers].set(values)
 
 
-SENT_BY_EXCHANGE = {"average": _sent_average, "server": _sent_server}
+def _cost_broadcast(outbox, ctx: Context):
+    """One message per out-edge of each participant (average and gather)."""
+    bits = _scatter(message_bits(outbox), ctx)
+    return out_edges(ctx.arrays, ctx.n) * bits, jnp.zeros((), jnp.float32)
 
 
-def messages_sent(kind: str, arrays: KernelArrays, active: jax.Array, n: int):
-    """Per-peer sent message counts (n,) and the server's sent count ().
+# ------------------------------------------------------------ gather, edge
 
-    Args:
-      active: (n,) aggregation weight of each peer this round, 0 if not sampled.
-    """
-    return SENT_BY_EXCHANGE[kind](arrays, active, n)
+
+def _inbox(messages, table: Table) -> Inbox:
+    n, k = table.idx.shape
+    self_idx = jnp.arange(n, dtype=table.idx.dtype)[:, None]
+    mask = (table.weight != 0) & (table.idx != self_idx)
+    return Inbox(messages, table.weight, mask)
+
+
+def _deliver_gather(outbox, ctx: Context):
+    values = plain(outbox)
+    return _inbox(jax.tree.map(lambda x: x[ctx.table.idx], values), ctx.table)
+
+
+def edge_key(key: jax.Array, i, j) -> jax.Array:
+    """The key of the undirected edge {i, j}: the same for (i, j) and (j, i)."""
+    lo, hi = jnp.minimum(i, j), jnp.maximum(i, j)
+    return jax.random.fold_in(jax.random.fold_in(key, lo), hi)
+
+
+def _edge_messages(outbox, ctx: Context):
+    """Messages (n, k, ...) made by sender idx[i, c] for receiver i."""
+    n, k = ctx.table.idx.shape
+    receivers = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], (n, k))
+    senders = ctx.table.idx
+
+    def one(j, i):
+        own = jax.tree.map(lambda x: x[j], outbox)
+        return ctx.message(own, j, i, edge_key(ctx.key, i, j))
+
+    flat = jax.vmap(one)(senders.reshape(-1), receivers.reshape(-1))
+    return jax.tree.map(lambda x: x.reshape((n, k) + x.shape[1:]), flat)
+
+
+def _deliver_edge(outbox, ctx: Context):
+    return _inbox(plain(_edge_messages(outbox, ctx)), ctx.table)
+
+
+def _cost_edge(outbox, ctx: Context):
+    messages = _edge_messages(outbox, ctx)
+    inbox = _inbox(None, ctx.table)
+    bits = message_bits(messages, batch_dims=2) * inbox.mask
+    sent = jax.ops.segment_sum(bits.reshape(-1), ctx.table.idx.reshape(-1), ctx.n)
+    return sent, jnp.zeros((), jnp.float32)
+
+
+# ------------------------------------------------------------------ server
+
+
+def _deliver_server(outbox, ctx: Context):
+    """Weighted mean of the m participants' outboxes, broadcast to all n peers."""
+    c = ctx.weights / jnp.sum(ctx.weights)
+
+    def agg(leaf):
+        avg = jnp.tensordot(c.astype(leaf.dtype), leaf, axes=1)
+        return jnp.broadcast_to(avg, (ctx.n,) + avg.shape)
+
+    return jax.tree.map(agg, plain(outbox))
+
+
+def _cost_server(outbox, ctx: Context):
+    """Each participant uploads once; the server sends the mean to each of them."""
+    uploads = _scatter(message_bits(outbox), ctx)
+    mean_bits = message_bits(jax.tree.map(lambda x: x[:1], plain(outbox)))[0]
+    return uploads, mean_bits * ctx.peers.shape[0]
+
+
+EXCHANGES = {
+    "average": Exchange(_deliver_average, _cost_broadcast),
+    "gather": Exchange(_deliver_gather, _cost_broadcast, needs_table=True),
+    "edge": Exchange(_deliver_edge, _cost_edge, needs_table=True),
+    "server": Exchange(_deliver_server, _cost_server),
+}

@@ -129,6 +129,12 @@ def _to_dense(arrays: KernelArrays, n: int) -> Dense:
     return Dense(zeros.at[seg.receivers, seg.senders].add(seg.weight))
 
 
+def _full_table(W: Array, n: int) -> Table:
+    """Every peer as a column (k = n), rotated so that column 0 is self."""
+    idx = (jnp.arange(n, dtype=jnp.int32)[:, None] + jnp.arange(n)[None, :]) % n
+    return Table(idx.astype(jnp.int32), jnp.take_along_axis(W, idx, axis=1))
+
+
 CONVERSIONS = {
     (Roll, "table"): _roll_to_table,
     (Roll, "segment"): lambda a, n: _table_to_segment(_roll_to_table(a, n), n),
@@ -163,3 +169,15 @@ def convert(arrays: KernelArrays, target: str, n: int) -> KernelArrays:
     if key not in CONVERSIONS:
         raise ValueError(f"cannot convert {kernel_name(arrays)} arrays to {target}")
     return CONVERSIONS[key](arrays, n)
+
+
+def as_table(arrays: KernelArrays, n: int) -> Table:
+    """Any kernel arrays as an in-neighbour table, column 0 = self (jittable).
+
+    Roll and table arrays keep their width; mean, dense and segment arrays
+    become a full n-column table (what a per-neighbour exchange needs, never
+    a mixing kernel choice).
+    """
+    if isinstance(arrays, Table | Roll):
+        return convert(arrays, "table", n)
+    return _full_table(convert(arrays, "dense", n).W, n)

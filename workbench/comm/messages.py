@@ -1,0 +1,54 @@
+"""Messages: what a peer sends, and exactly how many bits that costs.
+
+An outbox is any pytree. A part wrapped in :class:`Coded` (what a compressor
+produces) costs the bits it reports; any other leaf costs its size times the
+bits of its dtype. Receivers only ever see the values (``plain``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+class Coded(NamedTuple):
+    """A compressed message part: its decoded value and the bits on the wire."""
+
+    value: PyTree  # what the receiver reconstructs
+    bits: jax.Array  # () exact bits sent (values, indices, scales)
+
+
+def _is_coded(x) -> bool:
+    return isinstance(x, Coded)
+
+
+def plain(outbox: PyTree) -> PyTree:
+    """The outbox with every Coded part replaced by its value."""
+    return jax.tree.map(
+        lambda x: x.value if _is_coded(x) else x, outbox, is_leaf=_is_coded
+    )
+
+
+def message_bits(outbox: PyTree, batch_dims: int = 1) -> jax.Array:
+    """Bits of each message in a stacked outbox: shape ``leaves.shape[:batch_dims]``.
+
+    Args:
+      outbox: messages with ``batch_dims`` leading axes (senders, or edges).
+      batch_dims: how many leading axes index messages rather than content.
+    """
+
+    def bits(x):
+        if _is_coded(x):
+            return x.bits.astype(jnp.float32)
+        lead, inner = x.shape[:batch_dims], x.shape[batch_dims:]
+        size = 1
+        for d in inner:
+            size *= d
+        return jnp.full(lead, size * x.dtype.itemsize * 8, jnp.float32)
+
+    parts = jax.tree.leaves(jax.tree.map(bits, outbox, is_leaf=_is_coded))
+    return sum(parts[1:], parts[0]) if parts else jnp.zeros(())
