@@ -17,19 +17,13 @@ import numpy as np
 
 from workbench.algorithms import ALGORITHMS
 from workbench.data import load_federated
+from workbench.evaluation import make_evaluate
 from workbench.execution import default_strategy, lift
 from workbench.memory import StateEstimate, out_of_memory_guard, tree_bytes
 from workbench.models import build_model, init_params, num_params
 from workbench.objective import make_loss
 from workbench.optim import make_optimizer
-from workbench.rounds import (
-    EvalData,
-    PeerData,
-    RoundSpec,
-    make_chunk,
-    make_evaluate,
-    root_key,
-)
+from workbench.rounds import EvalData, PeerData, RoundSpec, make_chunk, root_key
 from workbench.scenario import algorithm_parts
 from workbench.topology import build_topology
 
@@ -45,7 +39,7 @@ class Simulation:
     spec: RoundSpec
     topology: Any
     chunk: Any  # jitted (state, data, topo_data, weights, start, length) -> ...
-    evaluate: Any  # jitted (params, EvalData) -> Evaluation
+    evaluate: Any  # jitted (params, EvalData) -> Evaluated
     state: Any  # stacked algorithm state, leaves (n, ...)
     data: PeerData
     eval_data: EvalData

@@ -21,39 +21,6 @@ from typing import Any
 
 from workbench.rundir import disk_errors
 
-METRICS_FIELDS = [
-    "round",
-    "virtual_time",
-    "wall_time",
-    "test_acc_mean",
-    "test_acc_min",
-    "test_acc_max",
-    "test_acc_std",
-    "test_loss_mean",
-    "test_loss_min",
-    "test_loss_max",
-    "test_loss_std",
-    "train_loss_mean",
-    "val_acc_mean",
-    "averaged_model_acc",
-    "averaged_model_loss",
-    "consensus_distance",
-    "bytes_sent_total",
-    "bytes_sent_per_peer",
-    "active_peers",
-]
-PEER_FIELDS = [
-    "round",
-    "peer",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "bytes_sent",
-]
-
 
 class CsvLog:
     """Appends dict rows to a CSV with a fixed header, flushing each write."""

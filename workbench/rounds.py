@@ -28,7 +28,7 @@ from workbench.keys import (  # noqa: F401  (re-exported)
     root_key,
     round_key,
 )
-from workbench.objective import Batch, EvalSums, eval_sums
+from workbench.objective import Batch
 
 
 class PeerData(NamedTuple):
@@ -272,43 +272,3 @@ def make_chunk(spec: RoundSpec, seed: int) -> Callable:
         return (state, traffic) if capture is None else (state, traffic, buf)
 
     return jax.jit(chunk, static_argnames="length", donate_argnums=0)
-
-
-class Evaluation(NamedTuple):
-    train: EvalSums  # leaves (n,)
-    val: EvalSums  # leaves (n,)
-    test: EvalSums  # leaves (n,)
-    averaged: EvalSums  # leaves (): the averaged model on the test set
-    consensus: jax.Array  # () (1/n) sum_i ||x_i - xbar||^2
-    finite: jax.Array  # () bool: every parameter is finite
-
-
-def make_evaluate(apply_fn: Callable, lift: Callable, batch_size: int) -> Callable:
-    """``evaluate(params (n, ...), data: EvalData) -> Evaluation`` (jitted)."""
-
-    def own(params, x, y, size):
-        mask = (jnp.arange(x.shape[0]) < size).astype(jnp.float32)
-        return eval_sums(apply_fn, params, x, y, mask, batch_size)
-
-    def evaluate(params, data: EvalData):
-        n = data.train.size.shape[0]
-
-        def peer(p, tx, ty, ts, vx, vy, vs):
-            test = eval_sums(
-                apply_fn, p, data.test_x, data.test_y, data.test_mask, batch_size
-            )
-            return own(p, tx, ty, ts), own(p, vx, vy, vs), test
-
-        train, val, test = lift(peer)(params, *data.train, *data.val)
-        mean = jax.tree.map(lambda p: jnp.mean(p, axis=0), params)
-        averaged = eval_sums(
-            apply_fn, mean, data.test_x, data.test_y, data.test_mask, batch_size
-        )
-        leaves = zip(jax.tree.leaves(params), jax.tree.leaves(mean), strict=True)
-        consensus = sum(jnp.sum((p - m[None]) ** 2) for p, m in leaves) / n
-        finite = jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
-        )
-        return Evaluation(train, val, test, averaged, consensus, finite)
-
-    return jax.jit(evaluate)

@@ -28,18 +28,11 @@ from workbench.checkpoint import (
 )
 from workbench.engine import Simulation
 from workbench.errors import DivergenceError, RunInterrupted, WorkbenchError, warn
+from workbench.evaluation import columns, rows
 from workbench.interrupts import deferred
 from workbench.memory import out_of_memory_guard
 from workbench.progress import RunProgress
-from workbench.results import (
-    METRICS_FIELDS,
-    PEER_FIELDS,
-    CsvLog,
-    Scalars,
-    read_csv,
-    write_json,
-)
-from workbench.rounds import Evaluation
+from workbench.results import CsvLog, Scalars, read_csv, write_json
 from workbench.rundir import (
     RUN_MARKER,
     check_out_dir,
@@ -62,74 +55,6 @@ def environment() -> dict:
         "device": f"{dev.platform}:{dev.device_kind}",
         "device_count": jax.device_count(),
     }
-
-
-def _stats(values: np.ndarray, prefix: str) -> dict:
-    return {
-        f"{prefix}_mean": float(values.mean()),
-        f"{prefix}_min": float(values.min()),
-        f"{prefix}_max": float(values.max()),
-        f"{prefix}_std": float(values.std()),
-    }
-
-
-def _ratio(num, den) -> np.ndarray:
-    return np.asarray(num) / np.maximum(np.asarray(den), 1.0)
-
-
-def rows_from_evaluation(
-    ev: Evaluation,
-    round_: int,
-    wall: float,
-    sent_bits: np.ndarray,
-    server_bits: float,
-    active: int,
-):
-    """(metrics row, peer rows) for one evaluation."""
-    ev = jax.device_get(ev)
-    test_acc, test_loss = (
-        _ratio(ev.test.correct, ev.test.count),
-        _ratio(ev.test.loss, ev.test.count),
-    )
-    train_acc, train_loss = (
-        _ratio(ev.train.correct, ev.train.count),
-        _ratio(ev.train.loss, ev.train.count),
-    )
-    val_acc, val_loss = (
-        _ratio(ev.val.correct, ev.val.count),
-        _ratio(ev.val.loss, ev.val.count),
-    )
-    peer_bytes = np.asarray(sent_bits, np.float64) / 8
-    row = {
-        "round": round_,
-        "virtual_time": float(round_),
-        "wall_time": round(wall, 4),
-        **_stats(test_acc, "test_acc"),
-        **_stats(test_loss, "test_loss"),
-        "train_loss_mean": float(train_loss.mean()),
-        "val_acc_mean": float(val_acc.mean()),
-        "averaged_model_acc": float(_ratio(ev.averaged.correct, ev.averaged.count)),
-        "averaged_model_loss": float(_ratio(ev.averaged.loss, ev.averaged.count)),
-        "consensus_distance": float(ev.consensus),
-        "bytes_sent_total": float(peer_bytes.sum() + server_bits / 8),
-        "bytes_sent_per_peer": float(peer_bytes.mean()),
-        "active_peers": active,
-    }
-    peers = [
-        {
-            "round": round_,
-            "peer": i,
-            "train_loss": float(train_loss[i]),
-            "train_acc": float(train_acc[i]),
-            "val_loss": float(val_loss[i]),
-            "val_acc": float(val_acc[i]),
-            "test_loss": float(test_loss[i]),
-            "test_acc": float(test_acc[i]),
-            "bytes_sent": float(peer_bytes[i]),
-        }
-        for i in range(len(test_acc))
-    ]
-    return row, peers
 
 
 def _aot(jitted, *args, **static):
@@ -224,9 +149,11 @@ def simulate(
 ) -> dict:
     """Runs ``sim`` into ``run_dir`` (from ``checkpoint`` if given); the summary."""
     sc = sim.scenario
-    metrics = CsvLog(run_dir / "metrics.csv", METRICS_FIELDS)
-    peers = CsvLog(run_dir / "peers.csv", PEER_FIELDS)
     state, totals = _initial(sim, checkpoint)
+    shapes = jax.eval_shape(sim.evaluate, state.params, sim.eval_data).values
+    metric_cols, peer_cols = columns(shapes)
+    metrics = CsvLog(run_dir / "metrics.csv", metric_cols)
+    peers = CsvLog(run_dir / "peers.csv", peer_cols)
     metrics.truncate_after(totals.round)
     peers.truncate_after(totals.round)
     kept = checkpoint.path if checkpoint else None
@@ -278,8 +205,8 @@ def simulate(
                     totals.wall,
                 )
                 wall = totals.wall + time.perf_counter() - t0
-                row, peer_rows = rows_from_evaluation(
-                    ev,
+                row, peer_rows = rows(
+                    jax.device_get(ev.values),
                     totals.round,
                     wall,
                     totals.sent,

@@ -15,6 +15,9 @@ A scenario is one YAML mapping::
       name: dsgd                        # optimizer keys (OptimizerConfig):
       lr: 0.1                           # optimizer, lr, momentum, nesterov,
       schedule: {name: constant}        # weight_decay, l2, clip, schedule
+
+``Scenario.algorithm`` holds the whole ``algorithm`` section as written (the
+optimizer keys validated in place); ``algorithm_parts`` splits it for the engine.
     execution: {strategy: auto, peers_per_chunk: null}
     output: {checkpoint: true, tensorboard: false, keep_checkpoints: 2}
 
@@ -22,8 +25,8 @@ Every user mistake raises one-line :class:`~workbench.errors.ScenarioError`
 naming the dotted key. The modules, one concept each:
 
 - ``frozen``: FrozenDict (registry sections), the frozen model base, ``plain``;
-- ``optimizer``: the optimizer keys, held apart as ``Scenario.optimizer`` but
-  written under ``algorithm``, and every conversion between the two forms;
+- ``optimizer``: the optimizer keys of ``algorithm``: their schema, validated
+  in place, and ``algorithm_parts`` (what the engine builds from the section);
 - ``schema``: the pydantic models (Scenario and its fixed sections);
 - ``messages``: pydantic errors -> one-line ScenarioError;
 - ``registries``/``checks``: registry sections checked by their registry;

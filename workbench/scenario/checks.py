@@ -1,9 +1,11 @@
 """Registry checks of a validated scenario's ``{name, **kwargs}`` sections.
 
 The schema only checks that ``model``, ``topology``, ``algorithm`` and
-``algorithm.schedule`` are mappings; here each is looked up in its registry and
-its keyword arguments are checked by ``REG.validate``, and ``model.module``
-must name a class that imports.
+``algorithm.schedule`` are mappings (and the types and bounds of the optimizer
+keys); here each is looked up in its registry and its keyword arguments are
+checked by ``REG.validate``, and ``model.module`` must name a class that
+imports. The keyword arguments of ``algorithm`` are its keys besides ``name``
+and the optimizer keys.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.errors import ScenarioError, did_you_mean
 from workbench.scenario.frozen import plain
 from workbench.scenario.messages import short
-from workbench.scenario.optimizer import OPTIMIZER_KEYS
+from workbench.scenario.optimizer import OPTIMIZER_KEYS, optimizer_config
 from workbench.scenario.registries import registry
 
 if TYPE_CHECKING:
@@ -29,8 +31,9 @@ def check_registries(scenario: Scenario) -> None:
     _check_model(scenario.model)
     _check_entry(scenario.topology, "topology", "topology")
     _check_algorithm(scenario.algorithm)
-    registry("optimizer").lookup(scenario.optimizer.name, "algorithm.optimizer")
-    _check_entry(scenario.optimizer.schedule, "algorithm.schedule", "schedule")
+    optimizer = optimizer_config(scenario.algorithm)
+    registry("optimizer").lookup(optimizer.name, "algorithm.optimizer")
+    _check_entry(optimizer.schedule, "algorithm.schedule", "schedule")
 
 
 def _check_entry(spec: Mapping[str, Any], path: str, kind: str) -> None:
@@ -58,9 +61,11 @@ def _check_model(spec: Mapping[str, Any]) -> None:
 
 
 def _check_algorithm(spec: Mapping[str, Any]) -> None:
-    """Like _check_entry, but an unknown key may be a misspelled optimizer key."""
+    """_check_entry without the optimizer keys; an unknown key may be a
+    misspelled optimizer key."""
+    own = {key: value for key, value in spec.items() if key not in OPTIMIZER_KEYS}
     try:
-        _check_entry(spec, "algorithm", "algorithm")
+        _check_entry(own, "algorithm", "algorithm")
     except ScenarioError as e:
         key = e.path.removeprefix("algorithm.")
         hint = did_you_mean(key, OPTIMIZER_KEYS)

@@ -39,7 +39,12 @@ def merge(base: Any, over: Any, path: tuple[str, ...] = ()) -> Any:
         return over
     keep = _ENTRY_SECTIONS.get(path)
     if keep and any(k in over and over[k] != base.get(k) for k in _ENTRY_KEYS):
-        base = {key: value for key, value in base.items() if keep(key)}
+        # the new entry key takes the old one's place (a dump lists it first)
+        base = {
+            key: value
+            for key, value in base.items()
+            if keep(key) or (key in _ENTRY_KEYS and key in over)
+        }
     merged = dict(base)
     for key, value in over.items():
         merged[key] = merge(base[key], value, (*path, key)) if key in base else value

@@ -1,8 +1,9 @@
 """One-line ScenarioError messages from pydantic validation errors.
 
 The first pydantic error becomes ``ScenarioError(dotted.key, message)``, where
-the key is the one written in YAML (optimizer keys under ``algorithm``) and the
-message says what was expected, found from the schema's fields and bounds.
+the key is the one written in YAML and the message says what was expected,
+found from the schema's fields and bounds (for the optimizer keys of
+``algorithm``, those of the ``fields_model`` in the field's metadata).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import pydantic
 
 from workbench.errors import ScenarioError, did_you_mean
 from workbench.scenario.frozen import FrozenDict
-from workbench.scenario.optimizer import yaml_loc
 from workbench.scenario.schema import Scenario
 
 __all__ = ["short", "to_scenario_error"]
@@ -25,8 +25,7 @@ def to_scenario_error(error: pydantic.ValidationError) -> ScenarioError:
     """The first error of ``error``, as a one-line ScenarioError."""
     first = error.errors()[0]
     loc = tuple(x for x in first["loc"] if not (isinstance(x, str) and "[" in x))
-    path = yaml_loc(loc)
-    dotted = ".".join(f"[{x}]" if isinstance(x, int) else str(x) for x in path)
+    dotted = ".".join(f"[{x}]" if isinstance(x, int) else str(x) for x in loc)
     return ScenarioError(dotted.replace(".[", "["), _message(first, loc))
 
 
@@ -41,8 +40,7 @@ def _message(error: Mapping[str, Any], loc: tuple) -> str:
     if kind == "missing":
         return f"required key missing{_expected(loc)}"
     if kind == "extra_forbidden":
-        # Scenario.optimizer is written as keys of algorithm, never top-level.
-        fields = [f for f in _fields(_model_at(loc[:-1])) if f != "optimizer"]
+        fields = list(_fields(_model_at(loc[:-1])))
         return f"unknown key{did_you_mean(loc[-1], fields)}; expected one of {fields}"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"expected a mapping, got {got}"
@@ -57,13 +55,18 @@ def _message(error: Mapping[str, Any], loc: tuple) -> str:
 
 
 def _model_at(loc: tuple) -> Any:
-    """The annotation found by walking the fields ``loc`` from Scenario."""
+    """The annotation found by walking the fields ``loc`` from Scenario.
+
+    A field whose metadata names a ``fields_model`` (``algorithm``: its optimizer
+    keys) is walked into that model.
+    """
     model: Any = Scenario
     for key in loc:
         field = _fields(model).get(key)
         if field is None:
             return None
-        model = field.annotation
+        inner = [m.fields_model for m in field.metadata if hasattr(m, "fields_model")]
+        model = inner[0] if inner else field.annotation
     return model
 
 

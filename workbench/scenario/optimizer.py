@@ -1,22 +1,26 @@
-"""The optimizer keys: written under ``algorithm`` in YAML, held apart in Scenario.
+"""The optimizer keys of the ``algorithm`` section, validated where they are written.
 
 In YAML the local optimizer is set by keys of the ``algorithm`` section
 (``algorithm.optimizer`` names the OPTIMIZERS entry; ``algorithm.lr``, ...).
-A :class:`~workbench.scenario.schema.Scenario` holds them as
-``Scenario.optimizer``, an :class:`OptimizerConfig`, and ``Scenario.algorithm``
-without them. Every conversion between the two forms is here:
+``Scenario.algorithm`` holds the whole section as written, a FrozenDict with
+``name``; the section's other keys are the ALGORITHMS entry's keyword
+arguments, which only its registry knows. Here:
 
-- :func:`split_optimizer`: YAML form -> fields (Scenario's before-validator);
-- :func:`yaml_loc`: the location of an error in the fields -> its YAML key;
-- :func:`optimizer_yaml`: ``Scenario.optimizer`` -> its YAML keys (for dumps);
+- :class:`OptimizerConfig`: the types, bounds and defaults of the optimizer
+  keys (``optimizer`` is its ``name`` field); its dump is ``make_optimizer``'s
+  arguments plus ``l2``;
+- :data:`OptimizerKeysInPlace`: the schema metadata of ``Scenario.algorithm``,
+  which validates the optimizer keys with OptimizerConfig and keeps the section
+  as written (values coerced, keys in their order, no defaults added);
+- :func:`optimizer_config`: a validated section's optimizer keys, defaults
+  filled in (for the registry checks and the engine);
 - :func:`algorithm_parts`: what the engine builds the algorithm and the local
   optimizer from.
 
 Elsewhere, the key list is only used: ``parse`` rejects a top-level
 ``optimizer`` key, ``merge`` keeps these keys when ``algorithm.name`` changes,
 ``checks`` looks up the optimizer and schedule entries and hints at a
-misspelled key, and ``messages`` leaves the ``optimizer`` field out of the
-top-level keys it lists.
+misspelled key, and ``messages`` finds the bounds of a key for its message.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import pydantic
 from pydantic import Field
+from pydantic_core import core_schema
 
 from workbench.scenario.frozen import FrozenDict, FrozenModel, plain
 from workbench.scenario.registries import registry
@@ -35,10 +41,9 @@ if TYPE_CHECKING:
 __all__ = [
     "OPTIMIZER_KEYS",
     "OptimizerConfig",
+    "OptimizerKeysInPlace",
     "algorithm_parts",
-    "optimizer_yaml",
-    "split_optimizer",
-    "yaml_loc",
+    "optimizer_config",
 ]
 
 OPTIMIZER_KEYS = (
@@ -48,9 +53,17 @@ OPTIMIZER_KEYS = (
 
 
 class OptimizerConfig(FrozenModel):
-    """The local optax optimizer; written as keys of the ``algorithm`` section."""
+    """The local optax optimizer; written as keys of the ``algorithm`` section.
 
-    name: str = "sgd"  # YAML: algorithm.optimizer, an OPTIMIZERS entry
+    Validated from the YAML keys (``optimizer`` fills ``name``); ``name=`` is
+    accepted too. ``plain(config.model_dump())`` is ``make_optimizer``'s keyword
+    arguments plus ``l2``.
+    """
+
+    model_config = pydantic.ConfigDict(populate_by_name=True)
+
+    # algorithm.optimizer, an OPTIMIZERS entry
+    name: str = Field("sgd", validation_alias="optimizer")
     lr: float = Field(gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = False
@@ -60,43 +73,47 @@ class OptimizerConfig(FrozenModel):
     schedule: FrozenDict = FrozenDict({"name": "constant"})  # SCHEDULES entry
 
 
-def split_optimizer(raw: Any) -> Any:
-    """Moves YAML's ``algorithm.{lr, optimizer, ...}`` to ``optimizer``.
+class _OptimizerKeysInPlace:
+    """``Annotated[FrozenDict, OptimizerKeysInPlace]``: a registry section whose
+    optimizer keys OptimizerConfig validates, kept in place.
 
-    Returns ``raw`` unchanged when it is not a mapping, has no ``algorithm``
-    mapping, or already has an ``optimizer`` field.
+    Errors name the key as written (``algorithm.lr``); ``fields_model`` tells
+    ``messages`` where the keys' types and bounds are.
     """
-    if not isinstance(raw, Mapping) or "optimizer" in raw:
-        return raw
-    algorithm = raw.get("algorithm")
-    if not isinstance(algorithm, Mapping):
-        return raw
-    algorithm = dict(algorithm)
-    optimizer = {key: algorithm.pop(key) for key in OPTIMIZER_KEYS if key in algorithm}
-    if "optimizer" in optimizer:
-        optimizer["name"] = optimizer.pop("optimizer")
-    return {**raw, "algorithm": algorithm, "optimizer": optimizer}
+
+    fields_model = OptimizerConfig
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any):
+        section = handler(source)  # FrozenDict: a mapping with string keys
+        keys = handler.generate_schema(OptimizerConfig)
+        return core_schema.chain_schema(
+            [section, core_schema.no_info_wrap_validator_function(_in_place, keys)],
+            serialization=core_schema.plain_serializer_function_ser_schema(plain),
+        )
 
 
-def yaml_loc(loc: tuple) -> tuple:
-    """The YAML key of a location in Scenario's fields, for error messages.
-
-    ``("optimizer", "name")`` is ``("algorithm", "optimizer")`` and
-    ``("optimizer", "lr")`` is ``("algorithm", "lr")``; others are unchanged.
-    """
-    if loc[:1] != ("optimizer",):
-        return loc
-    rest = loc[1:]
-    if rest[:1] == ("name",):
-        rest = ("optimizer", *rest[1:])
-    return ("algorithm", *rest)
+OptimizerKeysInPlace = _OptimizerKeysInPlace()
 
 
-def optimizer_yaml(optimizer: OptimizerConfig) -> dict[str, Any]:
-    """The optimizer keys as written under ``algorithm``, in OPTIMIZER_KEYS order."""
-    keys = plain(optimizer.model_dump())
-    keys["optimizer"] = keys.pop("name")
-    return {key: keys[key] for key in OPTIMIZER_KEYS}
+def _in_place(section: FrozenDict, validate: Any) -> FrozenDict:
+    """``section`` with its optimizer keys validated (coerced) in place."""
+    config = validate(_written(section))
+    field = lambda key: "name" if key == "optimizer" else key  # noqa: E731
+    return FrozenDict(
+        {
+            key: getattr(config, field(key)) if key in OPTIMIZER_KEYS else value
+            for key, value in section.items()
+        }
+    )
+
+
+def _written(section: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: section[key] for key in OPTIMIZER_KEYS if key in section}
+
+
+def optimizer_config(section: Mapping[str, Any]) -> OptimizerConfig:
+    """The optimizer keys of a validated algorithm section, defaults filled in."""
+    return OptimizerConfig.model_validate(_written(section))
 
 
 def algorithm_parts(scenario: Scenario) -> tuple[str, dict, dict]:
@@ -104,11 +121,13 @@ def algorithm_parts(scenario: Scenario) -> tuple[str, dict, dict]:
 
     Returns:
       ``(name, kwargs, optimizer)``: the ALGORITHMS entry, its keyword arguments
-      coerced by ``ALGORITHMS.validate``, and the optimizer keys as plain
-      ``make_optimizer`` arguments (``name``, ``lr``, ..., ``schedule``) plus
-      ``l2`` (the loss term).
+      (the section's keys besides ``name`` and the optimizer keys) coerced by
+      ``ALGORITHMS.validate``, and the optimizer keys as plain ``make_optimizer``
+      arguments (``name``, ``lr``, ..., ``schedule``) plus ``l2`` (the loss
+      term), defaults filled in.
     """
-    kwargs = scenario.algorithm.to_dict()
-    name = kwargs.pop("name")
-    kwargs = registry("algorithm").validate(name, kwargs, "algorithm")
-    return name, kwargs, plain(scenario.optimizer.model_dump())
+    section = scenario.algorithm
+    own = {key: plain(v) for key, v in section.items() if key not in OPTIMIZER_KEYS}
+    name = own.pop("name")
+    kwargs = registry("algorithm").validate(name, own, "algorithm")
+    return name, kwargs, plain(optimizer_config(section).model_dump())

@@ -2,22 +2,22 @@
 
 Fixed sections are :class:`~workbench.scenario.frozen.FrozenModel` subclasses
 (strict types: YAML already typed the values). Registry sections (``model``,
-``topology``, ``algorithm`` without the optimizer keys) are
-:class:`~workbench.scenario.frozen.FrozenDict` holding the values as written;
-their registries check them after validation (``checks``). ``data`` is a
+``topology``, ``algorithm``) are :class:`~workbench.scenario.frozen.FrozenDict`
+holding the values as written; their registries check them after validation
+(``checks``). The optimizer keys of ``algorithm`` are validated in place by
+:data:`~workbench.scenario.optimizer.OptimizerKeysInPlace`. ``data`` is a
 :class:`~workbench.data.config.DataConfig`, which checks its own entries.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-import pydantic
 from pydantic import Field
 
 from workbench.data.config import DataConfig
 from workbench.scenario.frozen import FrozenDict, FrozenModel
-from workbench.scenario.optimizer import OptimizerConfig, split_optimizer
+from workbench.scenario.optimizer import OptimizerKeysInPlace
 
 __all__ = ["ExecutionConfig", "OutputConfig", "Scenario"]
 
@@ -59,13 +59,8 @@ class Scenario(FrozenModel):
     data: DataConfig = Field(default_factory=DataConfig)
     model: FrozenDict
     topology: FrozenDict
-    algorithm: FrozenDict  # without the optimizer keys
-    optimizer: OptimizerConfig  # from the optimizer keys of YAML's algorithm
+    # the ALGORITHMS entry and its keyword arguments, plus the optimizer keys
+    algorithm: Annotated[FrozenDict, OptimizerKeysInPlace]
     execution: ExecutionConfig = ExecutionConfig()
     output: OutputConfig = OutputConfig()
 
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _split_optimizer(cls, raw: Any) -> Any:
-        """Moves YAML's ``algorithm.{lr, optimizer, ...}`` to ``optimizer``."""
-        return split_optimizer(raw)

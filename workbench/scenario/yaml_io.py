@@ -19,7 +19,6 @@ from workbench.errors import ScenarioError
 from workbench.scenario.frozen import plain
 from workbench.scenario.merge import merge
 from workbench.scenario.messages import short
-from workbench.scenario.optimizer import optimizer_yaml
 from workbench.scenario.parse import parse_scenario
 from workbench.scenario.schema import Scenario
 
@@ -70,10 +69,12 @@ def load_scenario(path: str | Path, overrides: Iterable[str] = ()) -> Scenario:
 
 
 def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
-    """The YAML form: plain types, optimizer keys back under ``algorithm``."""
-    out = plain(scenario.model_dump(exclude={"optimizer"}))
-    out["algorithm"].update(optimizer_yaml(scenario.optimizer))
-    return out
+    """The YAML form in plain types; ``parse_scenario`` reads it back equal.
+
+    Registry sections (``algorithm`` with its optimizer keys) are as written;
+    fixed sections have every key, defaults included.
+    """
+    return plain(scenario.model_dump())
 
 
 def dump_scenario(scenario: Scenario) -> str:

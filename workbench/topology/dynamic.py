@@ -17,6 +17,8 @@ sample W_t inside jit from the round key (the engine derives it from the seed).
 - ``link_failures``: a static base graph whose undirected edges drop
   independently with probability p per round; the dropped weight moves to the
   diagonal, so W_t stays symmetric and doubly stochastic.
+- ``random_edge``: pairwise gossip (Boyd et al. 2006); one uniform random
+  edge {i, j} of a static base graph per round, x_i, x_j <- (x_i + x_j)/2.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import scipy.sparse as sp
 
 from workbench.comm import Segment, Table, from_matrix
@@ -204,3 +207,56 @@ def link_failures(
     )
     table = from_matrix("table", W)
     return Sampler(LinkFailures(n, float(p)), table, doubly_stochastic=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomEdge:
+    """Round sampler: one uniform random edge {i, j} of a base graph averages."""
+
+    n: int
+
+    def __call__(self, edges, t, key) -> Table:
+        del t
+        pick = edges[jax.random.randint(key, (), 0, edges.shape[0])]
+        i, j = pick[0], pick[1]
+        peers = jnp.arange(self.n, dtype=jnp.int32)
+        partner = jnp.where(peers == i, j, jnp.where(peers == j, i, peers))
+        paired = (partner != peers)[:, None]
+        half = jnp.full((self.n, 2), 0.5, weight_dtype())
+        alone = jnp.asarray([1.0, 0.0], weight_dtype())[None, :]
+        return Table(jnp.stack([peers, partner], axis=1), jnp.where(paired, half, alone))
+
+
+@TOPOLOGIES.register("random_edge")
+def random_edge(n: int, seed: int, graph: dict[str, Any] | None = None):
+    """Pairwise gossip (Boyd et al. 2006): one uniform random edge per round.
+
+    W_t = I - (e_i - e_j)(e_i - e_j)^T / 2 for the edge {i, j} drawn uniformly
+    from the undirected edges E of a static base graph (default ring; only its
+    pattern counts), so E[W_t] = I - L / (2|E|) with L the graph Laplacian.
+    Peers off the edge keep their model (Table column 1 is self, weight 0).
+    """
+    spec = dict(graph or {"name": "ring"})
+    where = f"{PATH}.graph"
+    try:
+        base = TOPOLOGIES.build(spec, where, n=n, seed=seed)
+    except ScenarioError as e:  # blame topology.graph.<key>, not topology.<key>
+        path = e.path if e.path.startswith(where) else where + e.path[len(PATH) :]
+        raise ScenarioError(path, e.message) from None
+    if not isinstance(base, Static):
+        fail(
+            "graph",
+            f"'{spec.get('name')}' is dynamic; random_edge needs a static base graph",
+        )
+    A = sp.csr_array(sp.csr_array(base.W) != 0, dtype=np.int8)
+    A.setdiag(0)
+    A.eliminate_zeros()
+    require(
+        (A != A.T).nnz == 0,
+        "graph",
+        "random_edge needs an undirected base graph (symmetric pattern)",
+    )
+    rows, cols = sp.triu(A, k=1).nonzero()
+    require(len(rows) > 0, "graph", "random_edge needs a base graph with an edge")
+    edges = jnp.asarray(np.stack([rows, cols], axis=1), jnp.int32)  # (|E|, 2)
+    return Sampler(RandomEdge(n), edges, doubly_stochastic=True)
