@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pydantic
 import pytest
@@ -17,7 +18,10 @@ from workbench.scenario import (
     dump_scenario,
     load_scenario,
     parse_scenario,
+    scenario_to_dict,
 )
+
+SCENARIOS = sorted((Path(__file__).parents[1] / "scenarios").glob("*.yaml"))
 
 BASE = {
     "name": "t",
@@ -217,10 +221,17 @@ def test_set_overrides_parse_values_as_yaml(tmp_path):
 
 
 def test_set_of_a_new_entry_replaces_its_arguments(tmp_path):
-    path = write(tmp_path, "s.yaml", yaml.safe_dump(BASE))
+    algorithm = {"name": "dsgd", "order": "cta", "lr": 0.1, "momentum": 0.9}
+    text = yaml.safe_dump(edited("algorithm", algorithm), sort_keys=False)
+    path = write(tmp_path, "s.yaml", text)
     s = load_scenario(path, ["model.name=logistic", "algorithm.name=fedavg"])
     assert s.model == {"name": "logistic"}
-    assert s.algorithm == {"name": "fedavg", "lr": 0.1}  # dsgd's keys would go
+    # dsgd's own key goes, the optimizer keys stay, the new name takes its place
+    assert list(s.algorithm.items()) == [
+        ("name", "fedavg"),
+        ("lr", 0.1),
+        ("momentum", 0.9),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -302,3 +313,41 @@ def test_scenario_accepts_its_own_split_form():
     s = parse_scenario(BASE)
     again = Scenario(**{k: getattr(s, k) for k in Scenario.model_fields})
     assert again == s
+
+
+def test_algorithm_holds_its_section_as_written():
+    written = {
+        **{"lr": 0.05, "name": "fedavg", "schedule": {"name": "cosine", "alpha": 0.1}},
+        **{"local_steps": 2, "clip": 1.0, "optimizer": "adam", "momentum": 0.5},
+    }
+    s = parse_scenario(edited("algorithm", written))
+    assert "optimizer" not in Scenario.model_fields
+    assert list(s.algorithm.items()) == list(FrozenDict(written).items())
+    dumped = scenario_to_dict(s)
+    assert list(dumped["algorithm"].items()) == list(written.items())  # no defaults
+    assert s.model_dump() == dumped  # the model's own dump is the YAML form
+    assert parse_scenario(s.model_dump()) == s
+    name, kwargs, optimizer = algorithm_parts(s)
+    assert (name, kwargs) == ("fedavg", {"local_steps": 2})
+    assert optimizer == {
+        **{"name": "adam", "lr": 0.05, "momentum": 0.5, "nesterov": False},
+        **{"weight_decay": 0.0, "l2": 0.0, "clip": 1.0},
+        "schedule": {"name": "cosine", "alpha": 0.1},
+    }
+
+
+def test_optimizer_keys_are_validated_in_place():
+    s = parse_scenario(edited("algorithm", {"name": "dsgd", "lr": 1, "l2": 0}))
+    assert s.algorithm == {"name": "dsgd", "lr": 1.0, "l2": 0.0}
+    assert type(s.algorithm["lr"]) is float and type(s.algorithm["l2"]) is float
+    assert isinstance(s.algorithm, FrozenDict)
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.name)
+def test_every_scenario_file_dumps_and_reloads_exactly(tmp_path, path):
+    s = load_scenario(path)
+    text = dump_scenario(s)
+    again = load_scenario(write(tmp_path, "scenario.yaml", text))
+    assert again == s
+    assert scenario_to_dict(again) == scenario_to_dict(s)
+    assert dump_scenario(again) == text  # same keys, order and value types

@@ -15,11 +15,11 @@ A scenario is one YAML mapping::
       name: dsgd                        # optimizer keys (OptimizerConfig):
       lr: 0.1                           # optimizer, lr, momentum, nesterov,
       schedule: {name: constant}        # weight_decay, l2, clip, schedule
+    execution: {strategy: auto, peers_per_chunk: null}
+    output: {checkpoint: true, tensorboard: false, keep_checkpoints: 2}
 
 ``Scenario.algorithm`` holds the whole ``algorithm`` section as written (the
 optimizer keys validated in place); ``algorithm_parts`` splits it for the engine.
-    execution: {strategy: auto, peers_per_chunk: null}
-    output: {checkpoint: true, tensorboard: false, keep_checkpoints: 2}
 
 Every user mistake raises one-line :class:`~workbench.errors.ScenarioError`
 naming the dotted key. The modules, one concept each:

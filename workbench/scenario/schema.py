@@ -63,4 +63,3 @@ class Scenario(FrozenModel):
     algorithm: Annotated[FrozenDict, OptimizerKeysInPlace]
     execution: ExecutionConfig = ExecutionConfig()
     output: OutputConfig = OutputConfig()
-
