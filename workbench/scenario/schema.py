@@ -11,15 +11,16 @@ holding the values as written; their registries check them after validation
 
 from __future__ import annotations
 
+import difflib
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_serializer, field_validator
 
 from workbench.data.config import DataConfig
 from workbench.scenario.frozen import FrozenDict, FrozenModel
 from workbench.scenario.optimizer import OptimizerKeysInPlace
 
-__all__ = ["ExecutionConfig", "OutputConfig", "Scenario"]
+__all__ = ["EvaluationConfig", "ExecutionConfig", "OutputConfig", "Scenario"]
 
 
 class ExecutionConfig(FrozenModel):
@@ -48,6 +49,41 @@ class OutputConfig(FrozenModel):
     keep_checkpoints: int = Field(2, ge=1)
 
 
+class EvaluationConfig(FrozenModel):
+    """Metrics computed at every evaluation besides the defaults.
+
+    Attributes:
+      metrics: names of entries of the metric registry (``workbench list
+        metrics``); each adds columns to metrics.csv and peers.csv.
+    """
+
+    metrics: tuple[str, ...] = ()
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _listed(cls, names):
+        return tuple(names) if isinstance(names, list) else names
+
+    @field_serializer("metrics")
+    def _as_list(self, names: tuple[str, ...]) -> list[str]:
+        return list(names)  # the YAML form
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from workbench.evaluation import METRICS
+
+        unknown = [name for name in names if name not in METRICS]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(METRICS), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(
+                f"unknown metric '{unknown[0]}'{hint}; expected some of "
+                f"{sorted(METRICS)}"
+            )
+        return names
+
+
 class Scenario(FrozenModel):
     """A validated scenario. Registry sections are FrozenDicts ``{name, **kw}``."""
 
@@ -62,4 +98,5 @@ class Scenario(FrozenModel):
     # the ALGORITHMS entry and its keyword arguments, plus the optimizer keys
     algorithm: Annotated[FrozenDict, OptimizerKeysInPlace]
     execution: ExecutionConfig = ExecutionConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()

@@ -1,0 +1,239 @@
+"""Contract suites: the same checks over every registered algorithm and exchange.
+
+Algorithms (built from the registry with their defaults, plain SGD): state
+shapes are preserved by a chunk; a new graph of the same shape never
+recompiles; n = 1 equals plain optax SGD; the vmapped round equals a per-peer
+reference loop built from the same phases. Exchanges: delivery and cost
+against a dense numpy reference.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tests.quadratic import ring_weights
+from tests.test_equivalence import MLP, mlp_problem
+from workbench.algorithms import ALGORITHMS
+from workbench.algorithms.base import Inbox
+from workbench.comm import from_matrix
+from workbench.comm.exchange import EXCHANGES, Context
+from workbench.comm.kernels import as_table
+from workbench.comm.messages import Coded
+from workbench.keys import LOCAL, round_key
+from workbench.objective import make_loss
+from workbench.rounds import RoundSpec, make_chunk, sample_batches
+
+LR = 0.05
+REQUIRED = {"choco": {"gamma": 0.2}}  # keys without a default
+
+
+def build(name: str):
+    loss_fn = make_loss(MLP().apply)
+    spec = {"name": name, **REQUIRED.get(name, {})}
+    return ALGORITHMS.build(
+        spec, "algorithm", loss_fn=loss_fn, optimizer=lambda s: optax.sgd(LR)
+    )
+
+
+def init_state(alg, params, n):
+    stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
+    return jax.vmap(alg.init)(stacked, jax.random.split(jax.random.key(1), n))
+
+
+def loop_lift(fn):
+    """A per-peer Python loop: each peer alone, results stacked."""
+
+    def lifted(*args):
+        n = jax.tree.leaves(args)[0].shape[0]
+        outs = [
+            jax.vmap(fn)(*jax.tree.map(lambda a, i=i: a[i : i + 1], args))
+            for i in range(n)
+        ]
+        return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)
+
+    return lifted
+
+
+def run(alg, n, W, lift=jax.vmap, rounds=3, chunk=None):
+    _, params, data = mlp_problem(n)
+    spec = RoundSpec(alg, lambda d, t, k: d, lift, n, 4)
+    chunk = chunk or make_chunk(spec, seed=5)
+    state = init_state(alg, params, n)
+    out = chunk(
+        state,
+        data,
+        from_matrix("dense", W),
+        jnp.ones((n,)),
+        jnp.int32(0),
+        length=rounds,
+    )
+    return out[0], out[1], chunk, params, data
+
+
+@pytest.fixture(params=sorted(ALGORITHMS))
+def name(request):
+    return request.param
+
+
+def test_chunk_preserves_state_shapes(name):
+    alg = build(name)
+    n = 4
+    _, params, _ = mlp_problem(n)
+    before = jax.eval_shape(lambda: init_state(alg, params, n))
+    state, traffic, *_ = run(alg, n, ring_weights(n))
+    assert jax.tree.structure(state) == jax.tree.structure(before)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(before), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    assert traffic.sent.shape == (3, n) and np.all(np.isfinite(traffic.sent))
+
+
+def test_new_graph_does_not_recompile(name):
+    alg, n = build(name), 4
+    _, _, chunk, *_ = run(alg, n, ring_weights(n))
+    rng = np.random.default_rng(0)
+    W = rng.dirichlet(np.ones(n), n)
+    W = (W + W.T) / 2
+    W = W / W.sum(1, keepdims=True)
+    run(alg, n, ring_weights(n, 0.25), chunk=chunk)
+    run(alg, n, W, chunk=chunk)
+    assert chunk._cache_size() == 1
+
+
+def test_single_peer_equals_plain_sgd(name):
+    alg = build(name)
+    state, _, _, params, data = run(alg, 1, np.ones((1, 1)), rounds=3)
+    loss_fn, opt = make_loss(MLP().apply), optax.sgd(LR)
+    ref, opt_state = params, opt.init(params)
+    steps = alg.rounds.local_steps
+    for t in range(3):
+        key = jax.random.fold_in(round_key(5, jnp.int32(t), LOCAL), 0)
+        kb, _ = jax.random.split(key)
+        batches = sample_batches(kb, data.x[0], data.y[0], data.size[0], steps, 4)
+        for s in range(steps):
+            grads = jax.grad(loss_fn)(ref, jax.tree.map(lambda a, s=s: a[s], batches))
+            updates, opt_state = opt.update(grads, opt_state, ref)
+            ref = optax.apply_updates(ref, updates)
+    for got, want in zip(
+        jax.tree.leaves(state.params), jax.tree.leaves(ref), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(got)[0], want, rtol=2e-5, atol=2e-6)
+
+
+def test_vmapped_round_equals_per_peer_loop(name):
+    alg, n = build(name), 4
+    ref, ref_traffic, *_ = run(alg, n, ring_weights(n), lift=loop_lift)
+    got, traffic, *_ = run(alg, n, ring_weights(n))
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+    np.testing.assert_array_equal(ref_traffic.sent, traffic.sent)
+
+
+# ---------------------------------------------------------------- exchanges
+
+N, D = 5, 3
+RNG = np.random.default_rng(7)
+DIRECTED = np.array(
+    [
+        [0.5, 0.5, 0.0, 0.0, 0.0],
+        [0.0, 0.5, 0.25, 0.25, 0.0],
+        [0.2, 0.0, 0.6, 0.0, 0.2],
+        [0.0, 0.0, 0.0, 1.0, 0.0],
+        [0.3, 0.3, 0.0, 0.0, 0.4],
+    ]
+)
+X = RNG.normal(size=(N, D)).astype(np.float32)
+OUT_EDGES = ((DIRECTED != 0) & ~np.eye(N, dtype=bool)).sum(0)  # per sender j
+
+
+def edge_message(outbox, sender, receiver, key):
+    noise = jax.random.normal(key, outbox.shape)
+    sign = jnp.where(sender < receiver, 1.0, -1.0)
+    return outbox * (sender + 1) + receiver + sign * noise
+
+
+def context(kernel: str, peers=None, weights=None):
+    arrays = from_matrix(kernel, DIRECTED)
+    peers = jnp.arange(N, dtype=jnp.int32) if peers is None else jnp.asarray(peers)
+    weights = jnp.ones(peers.shape) if weights is None else jnp.asarray(weights)
+    key = jax.random.key(3, impl="philox2x32")
+    return Context(arrays, as_table(arrays, N), peers, weights, N, key, edge_message)
+
+
+def as_dense(inbox: Inbox, ctx: Context, values) -> np.ndarray:
+    """sum_c weight[i, c] * message[i, c] over real neighbours, plus self."""
+    idx = np.asarray(ctx.table.idx)
+    out = np.zeros((N,) + np.shape(values)[2:])
+    for i in range(N):
+        for c in range(idx.shape[1]):
+            if np.asarray(inbox.mask)[i, c]:
+                out[i] += np.asarray(inbox.weight)[i, c] * np.asarray(values)[i, c]
+    return out
+
+
+@pytest.fixture(params=sorted(EXCHANGES))
+def exchange_name(request):
+    return request.param
+
+
+@pytest.mark.parametrize("kernel", ["dense", "segment"])
+def test_exchange_delivery_matches_dense_reference(exchange_name, kernel):
+    ctx = context(kernel)
+    inbox = EXCHANGES[exchange_name].deliver(jnp.asarray(X), ctx)
+    off = DIRECTED * (1 - np.eye(N))
+    if exchange_name == "average":
+        np.testing.assert_allclose(inbox, DIRECTED @ X, rtol=1e-5, atol=1e-6)
+    elif exchange_name == "gather":
+        np.testing.assert_allclose(
+            as_dense(inbox, ctx, inbox.messages), off @ X, atol=1e-5
+        )
+        np.testing.assert_array_equal(np.asarray(inbox.mask)[:, 0], False)
+    elif exchange_name == "edge":
+        messages = np.asarray(inbox.messages)
+        idx, mask = np.asarray(ctx.table.idx), np.asarray(inbox.mask)
+        for i in range(N):
+            for c in range(idx.shape[1]):
+                if mask[i, c]:
+                    j = idx[i, c]
+                    noise = messages[i, c] - (X[j] * (j + 1) + i)
+                    # the edge key is symmetric: j's message to i carries the
+                    # opposite noise of i's message to j (when both edges exist)
+                    back = np.where(mask[j] & (idx[j] == i))[0]
+                    if back.size:
+                        other = messages[j, back[0]] - (X[i] * (i + 1) + j)
+                        np.testing.assert_allclose(noise, -other, atol=1e-5)
+                    assert np.abs(noise).max() > 0
+    else:
+        np.testing.assert_allclose(inbox, np.broadcast_to(X.mean(0), (N, D)), rtol=1e-6)
+
+
+def test_exchange_costs_count_real_deliveries(exchange_name):
+    ctx = context("dense")
+    sent, server = EXCHANGES[exchange_name].cost(jnp.asarray(X), ctx)
+    bits = D * 32
+    if exchange_name == "server":
+        np.testing.assert_array_equal(sent, np.full(N, bits))
+        assert float(server) == N * bits
+    else:
+        np.testing.assert_array_equal(sent, OUT_EDGES * bits)
+        assert float(server) == 0
+
+
+def test_coded_messages_cost_their_reported_bits():
+    ctx = context("dense")
+    coded = Coded(jnp.asarray(X), jnp.arange(N, dtype=jnp.float32) + 10)
+    sent, _ = EXCHANGES["average"].cost(coded, ctx)
+    np.testing.assert_array_equal(sent, OUT_EDGES * (np.arange(N) + 10))
+    inbox = EXCHANGES["average"].deliver(coded, ctx)
+    np.testing.assert_allclose(inbox, DIRECTED @ X, rtol=1e-5, atol=1e-6)
+
+
+def test_server_cost_with_partial_participation_and_data_size_weights():
+    ctx = context("dense", peers=[1, 3], weights=[1.0, 3.0])
+    outbox = jnp.asarray(X[[1, 3]])
+    inbox = EXCHANGES["server"].deliver(outbox, ctx)
+    np.testing.assert_allclose(inbox[0], (X[1] + 3 * X[3]) / 4, rtol=1e-6)
+    sent, server = EXCHANGES["server"].cost(outbox, ctx)
+    np.testing.assert_array_equal(sent, [0, D * 32, 0, D * 32, 0])
+    assert float(server) == 2 * D * 32
