@@ -224,7 +224,9 @@ class RandomEdge:
         paired = (partner != peers)[:, None]
         half = jnp.full((self.n, 2), 0.5, weight_dtype())
         alone = jnp.asarray([1.0, 0.0], weight_dtype())[None, :]
-        return Table(jnp.stack([peers, partner], axis=1), jnp.where(paired, half, alone))
+        return Table(
+            jnp.stack([peers, partner], axis=1), jnp.where(paired, half, alone)
+        )
 
 
 @TOPOLOGIES.register("random_edge")
