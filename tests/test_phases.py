@@ -108,7 +108,6 @@ def test_capture_returns_what_the_chosen_peers_sent():
             np.testing.assert_allclose(np.asarray(a)[slot], b, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(state1), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    del W
 
 
 def test_capture_marks_peers_that_did_not_participate():
