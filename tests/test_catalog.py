@@ -20,6 +20,8 @@ def test_kinds_cover_every_registry():
         "datasets",
         "partitions",
         "weights",
+        "compressors",
+        "metrics",
         "optimizers",
         "schedules",
     )
@@ -30,6 +32,8 @@ def test_kinds_cover_every_registry():
         "dataset",
         "partition",
         "weights",
+        "compressor",
+        "metric",
         "optimizer",
         "schedule",
     ]

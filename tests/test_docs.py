@@ -125,7 +125,6 @@ def test_readme_scenario_example_is_a_valid_scenario(tmp_path):
         ("  name: digits", "datasets"),
         ("  partition:", "partitions"),
         ("model:", "models"),
-        ("  name: dsgd", "algorithms"),
         ("  optimizer:", "optimizers"),
         ("  schedule:", "schedules"),
     ],
@@ -138,6 +137,27 @@ def test_readme_scenario_comments_list_exactly_the_registry_entries(key, kind):
     choices = re.sub(r"\([^)]*\)", "", line.split("#", 1)[1]).split("|")
     names = {m.group(1) for c in choices if (m := re.match(r"\s*(\w+)\s*$", c))}
     assert names == set(registry(kind)), line
+
+
+def test_readme_algorithm_table_lists_exactly_the_registry():
+    from workbench.algorithms import ALGORITHMS
+
+    table = _section("Algorithms")
+    names = set(re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE))
+    assert names == set(ALGORITHMS)
+    for name in ALGORITHMS:  # every key listed is a key of the entry
+        row = next(r for r in table.splitlines() if r.startswith(f"| `{name}` |"))
+        keys = set(re.findall(r"`(\w+)`", row.split("|")[-2]))
+        assert keys <= set(_keys(name)), (name, keys)
+
+
+def _keys(name: str) -> list[str]:
+    import inspect
+
+    from workbench.algorithms import ALGORITHMS
+
+    params = inspect.signature(ALGORITHMS[name]).parameters
+    return [p for p in params if p not in ALGORITHMS.context]
 
 
 def _help(subcommand: str, capsys) -> str:

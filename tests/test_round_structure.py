@@ -100,3 +100,18 @@ def test_extra_metrics_from_the_scenario_land_in_both_csvs(tmp_path):
         gap = [float(p["test_loss"]) - float(p["train_loss"]) for p in mine]
         got = [float(p["generalization_gap"]) for p in mine]
         np.testing.assert_allclose(got, gap, rtol=1e-4, atol=1e-6)
+
+
+def test_choco_on_a_dynamic_topology_is_refused_in_one_line(tmp_path, capsys):
+    from workbench.cli import main
+
+    path = write_scenario(
+        tmp_path,
+        topology={"name": "peer_sampler", "d": 2},
+        algorithm={"name": "choco", "lr": 0.05, "gamma": 0.1},
+    )
+    assert main(["simulate", str(path), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "topology.name: algorithm 'choco' needs a static graph" in err
+    assert not (tmp_path / "r").exists()

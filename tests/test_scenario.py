@@ -351,3 +351,15 @@ def test_every_scenario_file_dumps_and_reloads_exactly(tmp_path, path):
     assert again == s
     assert scenario_to_dict(again) == scenario_to_dict(s)
     assert dump_scenario(again) == text  # same keys, order and value types
+
+
+def test_set_of_a_new_compressor_drops_the_old_ones_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "peers: 4\nrounds: 2\nmodel: {name: mlp}\ntopology: {name: ring}\n"
+        "algorithm: {name: choco, lr: 0.1, gamma: 0.2,\n"
+        "            compressor: {name: topk, fraction: 0.01}}\n"
+    )
+    s = load_scenario(path, ["algorithm.compressor.name=qsgd"])
+    assert dict(s.algorithm["compressor"]) == {"name": "qsgd"}
+    assert s.algorithm["gamma"] == 0.2

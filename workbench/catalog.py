@@ -49,6 +49,10 @@ _KINDS: dict[str, _Kind] = {
     "weights": _Kind(
         "workbench.topology", "WEIGHTS", "topology.weights: name", ("G", "A")
     ),
+    "compressors": _Kind(
+        "workbench.compression", "COMPRESSORS", "algorithm.compressor: {name, kwargs}"
+    ),
+    "metrics": _Kind("workbench.evaluation", "METRICS", "evaluation.metrics: [name]"),
     "optimizers": _Kind("workbench.optim", "OPTIMIZERS", "algorithm.optimizer: name"),
     "schedules": _Kind(
         "workbench.optim", "SCHEDULES", "algorithm.schedule: {name, kwargs}"

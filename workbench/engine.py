@@ -17,6 +17,7 @@ import numpy as np
 
 from workbench.algorithms import ALGORITHMS
 from workbench.data import load_federated
+from workbench.errors import ScenarioError
 from workbench.evaluation import make_evaluate
 from workbench.execution import default_strategy, lift
 from workbench.memory import StateEstimate, out_of_memory_guard, tree_bytes
@@ -74,6 +75,12 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         optimizer=optimizer,
     )
     topology = build_topology(dict(sc.topology), n, sc.seed, kernel=sc.execution.kernel)
+    if algorithm.rounds.static_graph and topology.info.get("dynamic"):
+        raise ScenarioError(
+            "topology.name",
+            f"algorithm '{name}' needs a static graph (it keeps running sums of "
+            f"W x); '{sc.topology['name']}' changes every round",
+        )
     strategy = resolve_strategy(sc.execution, n)
     lifted = lambda fn: lift(fn, *strategy)
     spec = RoundSpec(algorithm, topology.at, lifted, n, sc.data.batch_size)

@@ -19,10 +19,11 @@ import numpy as np
 
 from workbench.errors import ScenarioError, one_of
 from workbench.objective import EvalSums, eval_sums
+from workbench.registry import Registry
 from workbench.rounds import EvalData
 
 Metric = Callable[["MetricContext"], dict[str, jax.Array]]
-METRICS: dict[str, Metric] = {}
+METRICS = Registry("metric", context=("ctx",))  # name -> metric function
 DEFAULT_METRICS = ("accuracy", "averaged_model", "consensus")
 
 
@@ -35,13 +36,8 @@ class MetricContext(NamedTuple):
 
 
 def register_metric(name: str) -> Callable[[Metric], Metric]:
-    def add(fn: Metric) -> Metric:
-        if name in METRICS:
-            raise ValueError(f"metric '{name}' registered twice")
-        METRICS[name] = fn
-        return fn
-
-    return add
+    """Registers ``fn(ctx) -> {column: (n,) or () array}`` under ``name``."""
+    return METRICS.register(name)
 
 
 def check_metrics(names, path: str = "evaluation.metrics") -> tuple[str, ...]:

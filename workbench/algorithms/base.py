@@ -40,6 +40,7 @@ class RoundStructure(NamedTuple):
     participation: float = 1.0  # fraction of peers active per round
     weighting: Literal["uniform", "data_size"] = "uniform"  # server-mean weights
     gossip_steps: int = 1  # exchange + combine repetitions per round
+    static_graph: bool = False  # needs the same W every round (running sums of W x)
 
 
 class PeerTopo(NamedTuple):

@@ -117,7 +117,8 @@ def choco(
         )
         return state._replace(params=params, mixed=mixed)
 
-    return Algorithm(init, local, combine, "average", RoundStructure(local_steps=steps))
+    rounds = RoundStructure(local_steps=steps, static_graph=True)
+    return Algorithm(init, local, combine, "average", rounds)
 
 
 @ALGORITHMS.register("choco")

@@ -22,6 +22,7 @@ _ENTRY_SECTIONS: dict[tuple[str, ...], Callable[[str], bool]] = {
     ("topology",): lambda key: False,
     ("algorithm",): lambda key: key in OPTIMIZER_KEYS,
     ("algorithm", "schedule"): lambda key: False,
+    ("algorithm", "compressor"): lambda key: False,
     ("data",): lambda key: key != "options",
     ("data", "partition"): lambda key: False,
 }
