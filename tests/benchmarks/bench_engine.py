@@ -115,7 +115,8 @@ def _engine(name: str, n: int):
     """The workbench's lifted D-SGD local step over the stacked state."""
     apply_fn, _ = _model(name)
     algorithm = dsgd(make_loss(apply_fn), optax.sgd(LR))
-    lifted = lift(algorithm.local, *default_strategy(jax.default_backend(), n))
+    local = lambda state, batches, key: algorithm.local(state, batches, None, key)
+    lifted = lift(local, *default_strategy(jax.default_backend(), n))
     step = jax.jit(lambda s, b, k: lifted(s, b, k)[0], donate_argnums=0)
     keys = jax.random.split(KEY, n)
     state = [jax.jit(jax.vmap(algorithm.init))(_params(name, n), keys)]

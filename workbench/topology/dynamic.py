@@ -181,12 +181,8 @@ class LinkFailures:
         return Table(base.idx, kept.at[:, 0].set(diag))
 
 
-@TOPOLOGIES.register("link_failures")
-def link_failures(
-    n: int, seed: int, p: float = 0.1, graph: dict[str, Any] | None = None
-):
-    """Bernoulli(p) link failures per round on a static base graph (default ring)."""
-    require(0.0 <= p < 1.0, "p", f"needs 0 <= p < 1, got {p}")
+def static_base(n: int, seed: int, graph: dict[str, Any] | None, who: str) -> Static:
+    """The static base graph ``topology.graph`` (default ring) of a sampler."""
     spec = dict(graph or {"name": "ring"})
     where = f"{PATH}.graph"
     try:
@@ -196,10 +192,18 @@ def link_failures(
         raise ScenarioError(path, e.message) from None
     if not isinstance(base, Static):
         fail(
-            "graph",
-            f"'{spec.get('name')}' is dynamic; link_failures needs a static base graph",
+            "graph", f"'{spec.get('name')}' is dynamic; {who} needs a static base graph"
         )
-    W = sp.csr_array(base.W)
+    return base
+
+
+@TOPOLOGIES.register("link_failures")
+def link_failures(
+    n: int, seed: int, p: float = 0.1, graph: dict[str, Any] | None = None
+):
+    """Bernoulli(p) link failures per round on a static base graph (default ring)."""
+    require(0.0 <= p < 1.0, "p", f"needs 0 <= p < 1, got {p}")
+    W = sp.csr_array(static_base(n, seed, graph, "link_failures").W)
     require(
         abs(W - W.T).max() < 1e-12,
         "graph",
@@ -238,18 +242,7 @@ def random_edge(n: int, seed: int, graph: dict[str, Any] | None = None):
     pattern counts), so E[W_t] = I - L / (2|E|) with L the graph Laplacian.
     Peers off the edge keep their model (Table column 1 is self, weight 0).
     """
-    spec = dict(graph or {"name": "ring"})
-    where = f"{PATH}.graph"
-    try:
-        base = TOPOLOGIES.build(spec, where, n=n, seed=seed)
-    except ScenarioError as e:  # blame topology.graph.<key>, not topology.<key>
-        path = e.path if e.path.startswith(where) else where + e.path[len(PATH) :]
-        raise ScenarioError(path, e.message) from None
-    if not isinstance(base, Static):
-        fail(
-            "graph",
-            f"'{spec.get('name')}' is dynamic; random_edge needs a static base graph",
-        )
+    base = static_base(n, seed, graph, "random_edge")
     A = sp.csr_array(sp.csr_array(base.W) != 0, dtype=np.int8)
     A.setdiag(0)
     A.eliminate_zeros()
