@@ -458,3 +458,20 @@ def test_out_of_memory_names_the_estimated_need(tmp_path, monkeypatch, capsys):
 
 def test_tiny_scenario_is_what_these_tests_assume():
     assert TINY["peers"] == 4 and TINY["model"] == {"name": "mlp", "hidden": [16]}
+
+
+def test_a_checkpoint_from_before_checksums_is_named_not_set_aside(
+    tmp_path, monkeypatch, capsys
+):
+    import flax.serialization
+
+    cut = cut_run(tmp_path, monkeypatch)
+    for ckpt in (cut / "checkpoints").glob("*.msgpack"):  # the old, bare format
+        ckpt.write_bytes(flax.serialization.to_bytes({"round": 4, "state": {}}))
+    before = snapshot(cut)
+    assert main(["simulate", "--resume", str(cut), "--quiet"]) == 2
+    assert "before checkpoints carried a checksum" in one_line(capsys)
+    after = snapshot(cut)
+    assert {k: v for k, v in after.items() if k != ".lock"} == {
+        k: v for k, v in before.items() if k != ".lock"
+    }

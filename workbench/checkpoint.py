@@ -84,6 +84,11 @@ def read_checkpoint(path: Path) -> Checkpoint:
     """Reads and verifies one checkpoint file; raises CorruptCheckpoint."""
     try:
         record = msgpack.unpackb(path.read_bytes(), raw=False)
+        if isinstance(record, dict) and "state" in record and "format" not in record:
+            raise WorkbenchError(
+                f"{path} was written by a workbench before checkpoints carried a "
+                "checksum and their scenario; resume it with that version"
+            )
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise ValueError("not a workbench checkpoint")
         payload, text = record["payload"], record["scenario"]
