@@ -261,6 +261,8 @@ def _summary(sim: Simulation, row: dict, timer: Timer, start: int, wall: float):
         "final_averaged_model_accuracy": row.get("averaged_model_acc"),
         "final_consensus_distance": row.get("consensus_distance"),
         "bytes_sent_total": row.get("bytes_sent_total"),
+        "bytes_sent_per_peer": row.get("bytes_sent_per_peer"),
+        "bytes_per_round_per_peer": row.get("bytes_per_round_per_peer"),
         "wall_seconds": wall,
         "compile_seconds": timer.compile,
         "compilations": timer.compilations,
