@@ -135,8 +135,18 @@ def test_rows_summarise_exactly(evaluated):
     assert row["test_acc_min"] == pytest.approx(test_acc.min())
     assert row["test_acc_max"] == pytest.approx(test_acc.max())
     assert row["test_acc_std"] == pytest.approx(test_acc.std())
-    assert row["train_loss_mean"] == pytest.approx(values["train_loss"].mean())
-    assert row["val_acc_mean"] == pytest.approx(values["val_acc"].mean())
+    test_loss = values["test_loss"].astype(np.float64)
+    assert row["test_loss_mean"] == pytest.approx(test_loss.mean())
+    assert row["test_loss_min"] == pytest.approx(test_loss.min())
+    assert row["test_loss_max"] == pytest.approx(test_loss.max())
+    assert row["test_loss_std"] == pytest.approx(test_loss.std())
+    for split in ("train", "val"):
+        for kind in ("acc", "loss"):
+            col = f"{split}_{kind}"
+            assert row[f"{col}_mean"] == pytest.approx(values[col].mean()), col
+    assert row["averaged_model_loss"] == pytest.approx(values["averaged_model_loss"])
+    assert (row["round"], row["virtual_time"], row["wall_time"]) == (4, 4.0, 1.5)
+    assert row["active_peers"] == 2
     assert row["consensus_distance"] == pytest.approx(
         values["consensus_distance"].mean()
     )
@@ -147,6 +157,13 @@ def test_rows_summarise_exactly(evaluated):
     assert row["bytes_per_round_per_peer"] == 15.0 / 4
     assert row["param_norm_mean"] == pytest.approx(values["param_norm"].mean())
     assert [p["bytes_sent"] for p in peers] == [10.0, 20.0]
+    assert [(p["round"], p["peer"]) for p in peers] == [(4, 0), (4, 1)]
+    for col in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss"):
+        for i in range(2):
+            assert peers[i][col] == pytest.approx(values[col][i]), col
+    assert peers[1]["consensus_distance"] == pytest.approx(
+        values["consensus_distance"][1]
+    )
     assert peers[1]["val_loss"] == pytest.approx(values["val_loss"][1])
     assert peers[0]["generalization_gap"] == pytest.approx(
         values["generalization_gap"][0]
