@@ -31,6 +31,7 @@ from workbench.errors import DivergenceError, RunInterrupted, WorkbenchError, wa
 from workbench.evaluation import columns, rows
 from workbench.interrupts import deferred
 from workbench.memory import out_of_memory_guard
+from workbench.planner import fit, footprint, peak_memory, use_compilation_cache
 from workbench.progress import RunProgress
 from workbench.results import CsvLog, Scalars, read_csv, write_json
 from workbench.rundir import (
@@ -149,6 +150,7 @@ def simulate(
 ) -> dict:
     """Runs ``sim`` into ``run_dir`` (from ``checkpoint`` if given); the summary."""
     sc = sim.scenario
+    use_compilation_cache(sc.execution.compilation_cache)
     state, totals = _initial(sim, checkpoint)
     shapes = jax.eval_shape(sim.evaluate, state.params, sim.eval_data).values
     metric_cols, peer_cols = columns(shapes)
@@ -160,16 +162,14 @@ def simulate(
     start, t0 = totals.round, time.perf_counter()
     scenario = scenario_to_dict(sc)
     tb = Scalars(run_dir, sc.output.tensorboard)
-    timer, compiled, row = Timer(), {}, {}
-    args = (sim.data, sim.topology.data, sim.weights)
+    row = {}
     try:
         with (
             RunProgress(sc.rounds, start, progress, console) as bar,
             out_of_memory_guard(sim.estimate),
         ):
-            bar.compiling("the evaluation")
-            evaluate, seconds = _aot(sim.evaluate, state.params, sim.eval_data)
-            timer = timer._replace(compile=seconds)
+            sim, evaluate, compiled, timer, plan = _plan(sim, state, totals.round, bar)
+            args = (sim.data, sim.topology.data, sim.weights)
             while totals.round < sc.rounds:
                 r = totals.round
                 length = min(sc.eval_every, sc.rounds - r)
@@ -234,8 +234,42 @@ def simulate(
     sim.state = state
     row = row or _last_row(metrics)
     summary = _summary(sim, row, timer, start, totals.wall + time.perf_counter() - t0)
+    summary["memory"] = {**plan.to_dict(), **peak_memory()}
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _plan(sim: Simulation, state, round_: int, bar: RunProgress):
+    """Compiles the evaluation and the first chunk for the strategy that fits.
+
+    Returns (sim, evaluation executable, {length: chunk executable}, Timer,
+    Footprint); nothing has run yet, so a budget failure costs no compute.
+    """
+    sc = sim.scenario
+    length = min(sc.eval_every, sc.rounds - round_)
+    built: dict = {}
+    timer = Timer()
+
+    def compile_for(strategy):
+        nonlocal timer
+        candidate = sim if strategy == sim.strategy else sim.with_strategy(strategy)
+        bar.compiling("the evaluation")
+        evaluate, s1 = _aot(candidate.evaluate, state.params, candidate.eval_data)
+        bar.compiling(f"a chunk of {length} rounds")
+        args = (candidate.data, candidate.topology.data, candidate.weights)
+        chunk, s2 = _aot(
+            candidate.chunk, state, *args, jnp.int32(round_), length=length
+        )
+        timer = timer._replace(
+            compile=timer.compile + s1 + s2, compilations=timer.compilations + 1
+        )
+        built[strategy] = (candidate, evaluate, chunk)
+        return footprint(chunk, evaluate, strategy)
+
+    auto = sc.execution.strategy == "auto"
+    plan = fit(compile_for, sim.strategy, sc.peers, sc.execution.memory_budget, auto)
+    chosen, evaluate, chunk = built[plan.strategy]
+    return chosen, evaluate, {length: chunk}, timer, plan
 
 
 def _last_row(metrics: CsvLog) -> dict:

@@ -34,11 +34,18 @@ class ExecutionConfig(FrozenModel):
       peers_per_chunk: peers per chunk for ``map`` and ``unroll`` (None: one).
       kernel: the array form of the mixing step, forced, or ``auto`` to pick
         it from the topology.
+      memory_budget: GiB the compiled chunk and evaluation may need (XLA's
+        estimate, checked before any round runs); ``auto`` chunks the peers
+        to fit, other strategies fail in one line. None: no check.
+      compilation_cache: a directory for JAX's persistent compilation cache,
+        so a repeated run of the same shapes skips compilation.
     """
 
     strategy: Literal["auto", "vmap", "map", "unroll"] = "auto"
     peers_per_chunk: int | None = Field(None, ge=1)
     kernel: Literal["auto", "mean", "roll", "table", "segment", "dense"] = "auto"
+    memory_budget: float | None = Field(None, gt=0)
+    compilation_cache: str | None = None
 
 
 class OutputConfig(FrozenModel):

@@ -1,0 +1,114 @@
+"""Execution planning: memory estimates, the budget, peak memory, compile cache."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import pytest
+
+from tests.test_engine import TINY, rows, write_scenario
+from workbench.cli import main
+from workbench.engine import build
+from workbench.planner import candidates, footprint
+from workbench.runner import run
+from workbench.scenario import parse_scenario
+
+REPO = Path(__file__).resolve().parents[1]
+BIGGER = {
+    "peers": 16,
+    "data": {"name": "digits", "batch_size": 64},
+    "model": {"name": "mlp", "hidden": [256]},
+}
+
+
+def footprints(changes) -> dict:
+    sim = build(parse_scenario({**TINY, **changes}))
+    out = {}
+    for strategy in candidates(sim.scenario.peers):
+        other = sim.with_strategy(strategy)
+        args = (sim.data, sim.topology.data, sim.weights)
+        ev = other.evaluate.lower(sim.state.params, sim.eval_data).compile()
+        ch = other.chunk.lower(sim.state, *args, jnp.int32(0), length=2).compile()
+        out[strategy] = footprint(ch, ev, strategy)
+    return out
+
+
+def test_candidates_halve_the_chunk():
+    assert candidates(16) == [
+        ("vmap", None),
+        ("map", 8),
+        ("map", 4),
+        ("map", 2),
+        ("map", 1),
+    ]
+    assert candidates(1) == [("vmap", None)]
+
+
+def test_summary_reports_the_estimate_and_a_plausible_peak(tmp_path):
+    path = write_scenario(tmp_path)
+    summary = run(str(path), [], out=str(tmp_path / "r"), progress=False).summary
+    memory = summary["memory"]
+    state_bytes = 4 * (2 * 1210 * 4 + 4)  # 4 peers: params, momentum, loss
+    assert memory["resident_bytes"] >= state_bytes
+    assert memory["estimate_bytes"] == max(
+        memory["resident_bytes"] + memory["chunk_temp_bytes"],
+        memory["resident_bytes"] + memory["eval_bytes"],
+    )
+    assert 50 * 2**20 < memory["peak_rss_bytes"] < 24 * 2**30
+    assert memory["estimate_bytes"] < memory["peak_rss_bytes"]
+
+
+def test_a_fixed_strategy_over_budget_fails_before_any_round(tmp_path, capsys):
+    path = write_scenario(
+        tmp_path, execution={"strategy": "vmap", "memory_budget": 0.0001}
+    )
+    assert main(["simulate", str(path), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "this scenario needs about" in err and "memory_budget = 0.0001 GiB" in err
+    assert "strategy: auto" in err
+    assert rows(tmp_path / "r" / "metrics.csv") == []
+
+
+def test_auto_chunks_the_peers_to_fit_the_budget_with_the_same_numbers(tmp_path):
+    fps = footprints(BIGGER)
+    vmap = fps[("vmap", None)].peak
+    fitting = [s for s, f in fps.items() if f.peak < vmap]
+    assert fitting, fps  # some chunking needs less than full vmap
+    target = fitting[0]
+    over = [f.peak for s, f in fps.items() if s != target and f.peak > fps[target].peak]
+    budget = (fps[target].peak + min(over)) / 2 / 2**30
+    first = [s for s in fps if fps[s].peak <= budget * 2**30][0]
+    path = write_scenario(tmp_path, **BIGGER, execution={"memory_budget": budget})
+    chosen = run(str(path), [], out=str(tmp_path / "fit"), progress=False).summary
+    assert (
+        chosen["execution"]["strategy"],
+        chosen["execution"]["peers_per_chunk"],
+    ) == first
+    assert chosen["memory"]["estimate_bytes"] <= budget * 2**30
+    path = write_scenario(tmp_path, **BIGGER)
+    plain = run(str(path), [], out=str(tmp_path / "vmap"), progress=False).summary
+    assert plain["execution"]["strategy"] == "vmap"
+    for key in ("final_mean_test_accuracy", "final_consensus_distance"):
+        assert chosen[key] == pytest.approx(plain[key], rel=1e-5), key
+
+
+def test_compilation_cache_is_written_and_reused(tmp_path):
+    """In subprocesses: the cache is process-wide configuration."""
+    cache = tmp_path / "cache"
+    path = write_scenario(tmp_path, execution={"compilation_cache": str(cache)})
+    for out in ("a", "b"):
+        done = subprocess.run(
+            [sys.executable, "-m", "workbench.cli", "simulate", str(path)]
+            + ["--out", str(tmp_path / out), "--quiet"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        if out == "a":
+            entries = sorted(p.name for p in cache.iterdir())
+            assert entries
+    assert sorted(p.name for p in cache.iterdir()) == entries  # all hits

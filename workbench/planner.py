@@ -1,0 +1,152 @@
+"""Execution planning: how much memory a scenario needs, and a strategy that fits.
+
+XLA's ``compiled.memory_analysis()`` of the jitted chunk and of the evaluation
+gives their arguments, outputs and temporaries before anything runs. A chunk
+donates its state, so its peak is arguments + outputs - aliased + temporaries;
+the evaluation runs while the state and the data stay resident. With
+``execution.memory_budget`` (GiB), a scenario whose estimate exceeds the
+budget either gets chunked over peers (``strategy: auto``: ``map`` with the
+largest peers-per-chunk that fits) or fails before any round runs, with one
+line saying how much it needs and what to change.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+from workbench.errors import WorkbenchError
+from workbench.memory import human
+
+GIB = 2**30
+
+
+class Footprint(NamedTuple):
+    """Bytes the compiled chunk and evaluation need (XLA's memory analysis)."""
+
+    resident: int  # the chunk's arguments: state, data, topology (stay on device)
+    chunk_temp: int  # temporaries of one chunk of rounds
+    eval_extra: int  # evaluation data, outputs and temporaries
+    strategy: tuple[str, int | None]
+
+    @property
+    def chunk_peak(self) -> int:
+        return self.resident + self.chunk_temp
+
+    @property
+    def eval_peak(self) -> int:
+        return self.resident + self.eval_extra
+
+    @property
+    def peak(self) -> int:
+        return max(self.chunk_peak, self.eval_peak)
+
+    def describe(self) -> str:
+        return (
+            f"about {human(self.peak)} (state and data {human(self.resident)}, "
+            f"chunk temporaries {human(self.chunk_temp)}, evaluation "
+            f"{human(self.eval_extra)})"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "estimate_bytes": self.peak,
+            "resident_bytes": self.resident,
+            "chunk_temp_bytes": self.chunk_temp,
+            "eval_bytes": self.eval_extra,
+        }
+
+
+def footprint(chunk, evaluate, strategy) -> Footprint:
+    """From compiled (AOT) chunk and evaluation executables."""
+    c, e = chunk.memory_analysis(), evaluate.memory_analysis()
+    if c is None or e is None:  # a backend without memory analysis
+        return Footprint(0, 0, 0, strategy)
+    resident = c.argument_size_in_bytes
+    out = max(c.output_size_in_bytes - c.alias_size_in_bytes, 0)
+    params = e.argument_size_in_bytes  # params + eval data; params are resident
+    return Footprint(
+        resident,
+        c.temp_size_in_bytes + out,
+        params + e.output_size_in_bytes + e.temp_size_in_bytes,
+        strategy,
+    )
+
+
+def candidates(num_peers: int) -> list[tuple[str, int | None]]:
+    """Strategies from least to most chunked: vmap, then map over n/2, n/4, ..., 1."""
+    out: list[tuple[str, int | None]] = [("vmap", None)]
+    k = num_peers // 2
+    while k >= 1:
+        out.append(("map", k))
+        k //= 2
+    return out
+
+
+def fit(
+    compile_for: Callable[[tuple[str, int | None]], Footprint],
+    strategy: tuple[str, int | None],
+    num_peers: int,
+    budget_gib: float | None,
+    auto: bool,
+) -> Footprint:
+    """The footprint of ``strategy``, or of the first candidate within budget.
+
+    Args:
+      compile_for: compiles the chunk and evaluation for a strategy.
+      strategy: the one the scenario resolved to.
+      auto: whether the engine may pick another strategy (``strategy: auto``).
+
+    Raises:
+      WorkbenchError: one line when nothing allowed fits the budget.
+    """
+    first = compile_for(strategy)
+    if budget_gib is None or first.peak <= budget_gib * GIB:
+        return first
+    tried = first
+    if auto:
+        for option in candidates(num_peers)[1:]:
+            tried = compile_for(option)
+            if tried.peak <= budget_gib * GIB:
+                return tried
+    hint = (
+        "use fewer peers, a smaller model or batch, or a larger budget"
+        if auto
+        else "try execution: {strategy: auto} (it chunks peers to fit), fewer "
+        "peers, or a smaller model or batch"
+    )
+    raise WorkbenchError(
+        f"this scenario needs {tried.describe()} with strategy "
+        f"{_name(tried.strategy)}, over execution.memory_budget = {budget_gib:g} "
+        f"GiB; {hint}"
+    )
+
+
+def _name(strategy) -> str:
+    kind, k = strategy
+    return kind if k is None else f"{kind} x{k}"
+
+
+def peak_memory() -> dict[str, Any]:
+    """Peak resident memory of this process, and of the device when it says."""
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux
+    out: dict[str, Any] = {
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    }
+    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
+    if stats and "peak_bytes_in_use" in stats:
+        out["peak_device_bytes"] = int(stats["peak_bytes_in_use"])
+    return out
+
+
+def use_compilation_cache(directory: str | None) -> None:
+    """Turns on JAX's persistent compilation cache in ``directory`` (every entry)."""
+    if directory is None:
+        return
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
