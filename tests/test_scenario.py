@@ -89,7 +89,12 @@ STRUCTURAL = [
     ("algorithm.schedule", "cosine", "algorithm.schedule", "expected a mapping"),
     ("execution.strategy", "vmapp", "execution.strategy", "did you mean 'vmap'"),
     ("execution.peers_per_chunk", 0, "execution.peers_per_chunk", "greater"),
-    ("execution.chunks", 2, "execution.chunks", "'kernel', 'memory_budget', 'compilation_cache']"),
+    (
+        "execution.chunks",
+        2,
+        "execution.chunks",
+        "'kernel', 'memory_budget', 'compilation_cache']",
+    ),
     ("output.keep_checkpoints", "two", "output.keep_checkpoints", "got 'two'"),
     ("output", True, "output", "expected a mapping, got True"),
     ("output.tensorbord", True, "output.tensorbord", "did you mean 'tensorboard'"),
