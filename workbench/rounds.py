@@ -1,4 +1,4 @@
-"""The jitted core: one round, a chunk of rounds under ``lax.scan``, evaluation.
+"""The jitted core: a round's phases, one round, a chunk of rounds under ``lax.scan``.
 
 Everything here is a pure function of arrays. Topology arrays and data are
 arguments (never captured constants), so a new graph or dataset of the same
