@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterable
 
 
@@ -51,6 +52,4 @@ def one_of(word: str, choices: Iterable[str]) -> str:
 def warn(message: str) -> None:
     """Prints one ``workbench: warning: ...`` line on stderr (no traceback, no source
     line, unlike ``warnings.warn``); the run goes on."""
-    import sys
-
     print(f"workbench: warning: {message}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Evaluation: a registry of metric functions, and the rows they become.
 
-A metric is ``fn(ctx: MetricContext) -> {column: array}``; an array of shape
+A metric is ``fn(ctx: MetricContext) -> {column: array}`` (``ctx.values`` holds
+the columns of the metrics computed before it); an array of shape
 (n,) is per peer (written to peers.csv and summarised in metrics.csv), one of
 shape () is global (metrics.csv only). The defaults give the columns every run
 has; a scenario adds others by name (``evaluation: {metrics: [param_norm]}``).
@@ -33,6 +34,7 @@ class MetricContext(NamedTuple):
     data: EvalData
     lift: Callable  # per-peer fn -> stacked fn (the run's execution strategy)
     batch_size: int
+    values: dict[str, jax.Array] = {}  # columns of the metrics computed before
 
 
 def register_metric(name: str) -> Callable[[Metric], Metric]:
@@ -114,8 +116,11 @@ def param_norm(ctx: MetricContext) -> dict[str, jax.Array]:
 
 @register_metric("generalization_gap")
 def generalization_gap(ctx: MetricContext) -> dict[str, jax.Array]:
-    """Test loss minus own training loss per peer (what membership attacks exploit)."""
-    own = accuracy(ctx)
+    """Test loss minus own training loss per peer (what membership attacks exploit).
+
+    Reads the ``accuracy`` columns, a default metric computed first.
+    """
+    own = ctx.values
     return {"generalization_gap": own["test_loss"] - own["train_loss"]}
 
 
@@ -131,10 +136,10 @@ def make_evaluate(
     chosen = [METRICS[name] for name in dict.fromkeys((*DEFAULT_METRICS, *names))]
 
     def evaluate(params, data: EvalData):
-        ctx = MetricContext(apply_fn, params, data, lift, batch_size)
-        values = {}
+        values: dict[str, jax.Array] = {}
         for metric in chosen:
-            values.update(metric(ctx))
+            ctx = MetricContext(apply_fn, params, data, lift, batch_size, values)
+            values = {**values, **metric(ctx)}
         leaves = jax.tree.leaves(params)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in leaves]))
         return Evaluated(values, finite)

@@ -43,6 +43,7 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from optax.tree_utils import tree_add, tree_sub
 
 from workbench.algorithms.base import Algorithm, LossFn, PyTree, RoundStructure
 from workbench.algorithms.registry import ALGORITHMS
@@ -65,14 +66,6 @@ class GTState(NamedTuple):
     update: PyTree  # cta: pending local update (x^tau - X_t), like params; atc: None
     step: jax.Array  # () int32 rounds done
     loss: jax.Array  # () mean training loss of the round's local steps
-
-
-def _add(a, b):
-    return jax.tree.map(jnp.add, a, b)
-
-
-def _sub(a, b):
-    return jax.tree.map(jnp.subtract, a, b)
 
 
 def gradient_tracking(
@@ -108,12 +101,12 @@ def gradient_tracking(
         )
 
     def local_cta(state, batches):
-        correction = _sub(state.y, state.grad)  # W Y_{t-1} - G_{t-1} = Y_t - G_t
+        correction = tree_sub(state.y, state.grad)  # W Y_{t-1} - G_{t-1} = Y_t - G_t
 
         def one(carry, batch):
             params, opt_state = carry
             loss, g = jax.value_and_grad(loss_fn)(params, batch)
-            direction = _add(g, correction)
+            direction = tree_add(g, correction)
             updates, opt_state = local_opt.update(direction, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), (loss, g)
 
@@ -121,12 +114,12 @@ def gradient_tracking(
             one, (state.params, state.opt_state), batches
         )
         grad = jax.tree.map(lambda g: g[0], grads)  # G_t: at X_t, batch 0
-        y = _add(correction, grad)  # Y_t (Y_0 = G_0: y and grad start at 0)
+        y = tree_add(correction, grad)  # Y_t (Y_0 = G_0: y and grad start at 0)
         new = state._replace(
             opt_state=opt_state,
             y=y,
             grad=grad,
-            update=_sub(params, state.params),
+            update=tree_sub(params, state.params),
             loss=losses.mean(),
         )
         return new, GTMessage(state.params, y)
@@ -135,7 +128,7 @@ def gradient_tracking(
         loss, grad = jax.value_and_grad(loss_fn)(
             state.params, jax.tree.map(lambda b: b[0], batches)
         )
-        pre = _add(state.y, _sub(grad, state.grad))  # Y_{t-1} + G_t - G_{t-1}
+        pre = tree_add(state.y, tree_sub(grad, state.grad))  # Y_{t-1} + G_t - G_{t-1}
         new = state._replace(y=pre, grad=grad, loss=loss)
         return new, GTMessage(None, pre)
 
@@ -146,7 +139,7 @@ def gradient_tracking(
     def combine(state, inbox, topo):
         del topo
         if order == "cta":
-            params = _add(inbox.x, state.update)
+            params = tree_add(inbox.x, state.update)
             return state._replace(params=params, y=inbox.y, step=state.step + 1)
         if inbox.x is None:  # first exchange: the tracker; then step along it
             first = state.step == 0

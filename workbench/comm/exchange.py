@@ -1,13 +1,16 @@
 """Simulated exchanges: the participants' outboxes become inboxes, and what it cost.
 
-An exchange is an EXCHANGES entry with two parts, both jittable:
+An exchange is an EXCHANGES entry with three parts, all jittable:
 
-- ``deliver(outbox, ctx) -> inbox``: outbox leaves are stacked over the
+- ``prepare(outbox, ctx) -> messages``: what goes on the wire (the outbox
+  itself, or one message per edge); made once and read by the other two.
+- ``deliver(messages, ctx) -> inbox``: outbox leaves are stacked over the
   participants ``ctx.peers`` (m, ...); the inbox is stacked over all n peers.
-- ``cost(outbox, ctx) -> (sent (n,), server ())``: bits each peer sent this
+- ``cost(messages, ctx) -> (sent (n,), server ())``: bits each peer sent this
   round, and bits the server sent, from the messages actually made: their
   dtypes and shapes (or the bits a ``Coded`` part reports) times the
   deliveries made (in-edges with a non-zero weight, participants only).
+  ``run`` does all three.
 
 Entries:
 
@@ -52,10 +55,22 @@ class Context(NamedTuple):
     message: Callable | None  # the algorithm's per-edge message function
 
 
+def _as_is(outbox, ctx: Context):
+    del ctx
+    return outbox
+
+
 class Exchange(NamedTuple):
     deliver: Callable[[Any, Context], Any]
     cost: Callable[[Any, Context], tuple[jax.Array, jax.Array]]
     needs_table: bool = False
+    prepare: Callable[[Any, Context], Any] = _as_is
+
+    def run(self, outbox, ctx: Context):
+        """(inbox, sent (n,), server ()) with the messages made once."""
+        messages = self.prepare(outbox, ctx)
+        sent, server = self.cost(messages, ctx)
+        return self.deliver(messages, ctx), sent, server
 
 
 # ------------------------------------------------------------------ average
@@ -149,12 +164,12 @@ def _edge_messages(outbox, ctx: Context):
     return jax.tree.map(lambda x: x.reshape((n, k) + x.shape[1:]), flat)
 
 
-def _deliver_edge(outbox, ctx: Context):
-    return _inbox(plain(_edge_messages(outbox, ctx)), ctx.table)
+def _deliver_edge(messages, ctx: Context):
+    """Inbox of the per-edge messages (n, k, ...) that ``prepare`` made."""
+    return _inbox(plain(messages), ctx.table)
 
 
-def _cost_edge(outbox, ctx: Context):
-    messages = _edge_messages(outbox, ctx)
+def _cost_edge(messages, ctx: Context):
     inbox = _inbox(None, ctx.table)
     bits = message_bits(messages, batch_dims=2) * inbox.mask
     sent = jax.ops.segment_sum(bits.reshape(-1), ctx.table.idx.reshape(-1), ctx.n)
@@ -185,6 +200,6 @@ def _cost_server(outbox, ctx: Context):
 EXCHANGES = {
     "average": Exchange(_deliver_average, _cost_broadcast),
     "gather": Exchange(_deliver_gather, _cost_broadcast, needs_table=True),
-    "edge": Exchange(_deliver_edge, _cost_edge, needs_table=True),
+    "edge": Exchange(_deliver_edge, _cost_edge, True, _edge_messages),
     "server": Exchange(_deliver_server, _cost_server),
 }

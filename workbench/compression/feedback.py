@@ -34,3 +34,8 @@ def error_feedback(compressor: Compressor) -> Compressor:
         return q, ErrorFeedbackState(residual, inner), bits
 
     return Compressor(init, apply)
+
+
+def maybe_feedback(compressor: Compressor, on: bool) -> Compressor:
+    """``error_feedback(compressor)`` when ``on``, else ``compressor`` itself."""
+    return error_feedback(compressor) if on else compressor

@@ -28,11 +28,7 @@ from workbench.compression.base import (
     stateless,
     uncompressed_bits,
 )
-from workbench.compression.feedback import error_feedback as with_feedback
-
-
-def _maybe_feedback(c: Compressor, error_feedback: bool) -> Compressor:
-    return with_feedback(c) if error_feedback else c
+from workbench.compression.feedback import maybe_feedback
 
 
 @COMPRESSORS.register("identity")
@@ -76,7 +72,7 @@ def qsgd(
         bits = SCALAR_BITS + v.shape[0] * (1 + code_bits(levels + 1))
         return qsgd_vector(v, key, levels), bits
 
-    return _maybe_feedback(stateless(fn, per_tensor), error_feedback)
+    return maybe_feedback(stateless(fn, per_tensor), error_feedback)
 
 
 def uniform_vector(v: jax.Array, levels: int) -> jax.Array:
@@ -109,7 +105,7 @@ def uniform(
         bits = 2 * SCALAR_BITS + v.shape[0] * code_bits(levels)
         return uniform_vector(v, levels), bits
 
-    return _maybe_feedback(stateless(fn, per_tensor), error_feedback)
+    return maybe_feedback(stateless(fn, per_tensor), error_feedback)
 
 
 def scaled_sign_vector(p: jax.Array) -> jax.Array:
@@ -129,7 +125,7 @@ def scaled_sign(*, per_tensor: bool = False, error_feedback: bool = True) -> Com
         del key
         return scaled_sign_vector(v), SCALAR_BITS + v.shape[0]
 
-    return _maybe_feedback(stateless(fn, per_tensor), error_feedback)
+    return maybe_feedback(stateless(fn, per_tensor), error_feedback)
 
 
 def threshold_2bit_vector(r: jax.Array, threshold: float) -> jax.Array:
@@ -150,7 +146,7 @@ def threshold_2bit(
         del key
         return threshold_2bit_vector(v, threshold), 2 * v.shape[0]
 
-    return _maybe_feedback(stateless(fn, per_tensor), error_feedback)
+    return maybe_feedback(stateless(fn, per_tensor), error_feedback)
 
 
 def threshold_1bit_vector(r: jax.Array, threshold: float) -> jax.Array:
@@ -180,4 +176,4 @@ def threshold_1bit(
         del key
         return threshold_1bit_vector(v, threshold), 2 * SCALAR_BITS + v.shape[0]
 
-    return _maybe_feedback(stateless(fn, per_tensor), error_feedback)
+    return maybe_feedback(stateless(fn, per_tensor), error_feedback)

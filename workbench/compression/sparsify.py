@@ -19,7 +19,7 @@ from workbench.compression.base import (
     stateless,
     value_bits,
 )
-from workbench.compression.feedback import error_feedback as with_feedback
+from workbench.compression.feedback import maybe_feedback
 
 
 def count(d: int, k: int | None, fraction: float | None) -> int:
@@ -73,7 +73,7 @@ def topk(
         return topk_vector(v, kept), bits
 
     c = stateless(fn, per_tensor)
-    return with_feedback(c) if error_feedback else c
+    return maybe_feedback(c, error_feedback)
 
 
 @COMPRESSORS.register("randomk")
@@ -101,4 +101,4 @@ def randomk(
         return randomk_vector(v, key, kept, unbiased), bits
 
     c = stateless(fn, per_tensor)
-    return with_feedback(c) if error_feedback else c
+    return maybe_feedback(c, error_feedback)
