@@ -1,5 +1,6 @@
 """Execution planning: memory estimates, the budget, peak memory, compile cache."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,6 @@ def test_compilation_cache_is_written_and_reused(tmp_path):
             entries = sorted(p.name for p in cache.iterdir())
             assert entries
     assert sorted(p.name for p in cache.iterdir()) == entries  # all hits
+    summary = json.loads(next((tmp_path / "b").rglob("summary.json")).read_text())
+    # the command line restarted itself with huge pages (workbench.allocator)
+    assert summary["environment"]["huge_pages"] == "on"

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from workbench.allocator import reexec_with_huge_pages
 from workbench.errors import RunInterrupted, WorkbenchError
 from workbench.interrupts import handle_termination
 
@@ -131,6 +132,8 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console script: restart with huge pages (allocator.py)
+        reexec_with_huge_pages()
     args = _parser().parse_args(argv)
     try:
         with handle_termination():

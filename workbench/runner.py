@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import workbench
+from workbench.allocator import huge_pages_state
 from workbench.checkpoint import (
     Checkpoint,
     changed_keys,
@@ -55,6 +56,7 @@ def environment() -> dict:
         "backend": jax.default_backend(),
         "device": f"{dev.platform}:{dev.device_kind}",
         "device_count": jax.device_count(),
+        "huge_pages": huge_pages_state(),
     }
 
 
