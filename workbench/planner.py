@@ -3,18 +3,24 @@
 XLA's ``compiled.memory_analysis()`` of the jitted chunk and of the evaluation
 gives their arguments, outputs and temporaries before anything runs. A chunk
 donates its state, so its peak is arguments + outputs - aliased + temporaries;
-the evaluation runs while the state and the data stay resident. With
-``execution.memory_budget`` (GiB), a scenario whose estimate exceeds the
-budget either gets chunked over peers (``strategy: auto``: ``map`` with the
-largest peers-per-chunk that fits) or fails before any round runs, with one
-line saying how much it needs and what to change.
+the evaluation runs while the state and the data stay resident. A scenario
+whose estimate exceeds the budget either gets chunked over peers (``strategy:
+auto``: ``map`` with the largest peers-per-chunk that fits) or fails before any
+round runs, with one line saying how much it needs and what to change.
+
+The budget is ``execution.memory_budget`` (GiB) or, when unset, 90% of what the
+device has: a GPU's memory limit, or on the CPU the machine's memory (or the
+container's limit, when lower). The estimate covers XLA's buffers; the process
+itself (Python, JAX, the dataset on the host) adds about 0.4 GiB on the CPU.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -23,6 +29,45 @@ from workbench.errors import WorkbenchError
 from workbench.memory import human
 
 GIB = 2**30
+DEVICE_SHARE = 0.9  # of the device's memory, the budget when none is set
+CGROUP_LIMIT = "/sys/fs/cgroup/memory.max"
+
+
+class Budget(NamedTuple):
+    """The memory a run may plan for, and where that number comes from."""
+
+    bytes: int
+    source: str  # for messages: "execution.memory_budget = 2 GiB", ...
+    explicit: bool  # set in the scenario
+
+
+def device_memory() -> int | None:
+    """Bytes the device has: a GPU's limit; the machine's (or cgroup's) on CPU."""
+    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        return None
+    try:
+        limit = Path(CGROUP_LIMIT).read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def memory_budget(gib: float | None) -> Budget | None:
+    """``execution.memory_budget``, or DEVICE_SHARE of the device's memory."""
+    if gib is not None:
+        return Budget(int(gib * GIB), f"execution.memory_budget = {gib:g} GiB", True)
+    total = device_memory()
+    if total is None:
+        return None
+    share = f"{DEVICE_SHARE:.0%}"
+    return Budget(
+        int(DEVICE_SHARE * total), f"{share} of this device's {human(total)}", False
+    )
 
 
 class Footprint(NamedTuple):
@@ -91,7 +136,7 @@ def fit(
     compile_for: Callable[[tuple[str, int | None]], Footprint],
     strategy: tuple[str, int | None],
     num_peers: int,
-    budget_gib: float | None,
+    budget: Budget | None,
     auto: bool,
 ) -> Footprint:
     """The footprint of ``strategy``, or of the first candidate within budget.
@@ -105,24 +150,25 @@ def fit(
       WorkbenchError: one line when nothing allowed fits the budget.
     """
     first = compile_for(strategy)
-    if budget_gib is None or first.peak <= budget_gib * GIB:
+    if budget is None or first.peak <= budget.bytes:
         return first
     tried = first
     if auto:
         for option in candidates(num_peers)[1:]:
             tried = compile_for(option)
-            if tried.peak <= budget_gib * GIB:
+            if tried.peak <= budget.bytes:
                 return tried
     hint = (
-        "use fewer peers, a smaller model or batch, or a larger budget"
+        "use fewer peers, a smaller model or batch"
         if auto
         else "try execution: {strategy: auto} (it chunks peers to fit), fewer "
         "peers, or a smaller model or batch"
     )
+    if budget.explicit:
+        hint += ", or a larger budget"
     raise WorkbenchError(
         f"this scenario needs {tried.describe()} with strategy "
-        f"{_name(tried.strategy)}, over execution.memory_budget = {budget_gib:g} "
-        f"GiB; {hint}"
+        f"{_name(tried.strategy)}, over {budget.source}; {hint}"
     )
 
 

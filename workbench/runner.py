@@ -9,10 +9,12 @@ guards the run directory (see rundir.py) and checks what a resume resumes.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import platform
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +34,15 @@ from workbench.errors import DivergenceError, RunInterrupted, WorkbenchError, wa
 from workbench.evaluation import columns, rows
 from workbench.interrupts import deferred
 from workbench.memory import out_of_memory_guard
-from workbench.planner import fit, footprint, peak_memory, use_compilation_cache
+from workbench.planner import (
+    Budget,
+    Footprint,
+    fit,
+    footprint,
+    memory_budget,
+    peak_memory,
+    use_compilation_cache,
+)
 from workbench.progress import RunProgress
 from workbench.results import CsvLog, Scalars, read_csv, write_json
 from workbench.rundir import (
@@ -44,6 +54,9 @@ from workbench.rundir import (
     run_lock,
 )
 from workbench.scenario import dump_scenario, load_scenario, scenario_to_dict
+from workbench.tuning import Trial, Tuning, tuning_candidates
+
+EXECUTION_FILE = "execution.json"  # the strategy auto chose, kept for a resume
 
 
 def environment() -> dict:
@@ -170,29 +183,29 @@ def simulate(
             RunProgress(sc.rounds, start, progress, console) as bar,
             out_of_memory_guard(sim.estimate),
         ):
-            sim, evaluate, compiled, timer, plan = _plan(sim, state, totals.round, bar)
+            plan, tuning = _plan(sim, state, totals.round, bar, run_dir)
             args = (sim.data, sim.topology.data, sim.weights)
             while totals.round < sc.rounds:
                 r = totals.round
                 length = min(sc.eval_every, sc.rounds - r)
-                if length not in compiled:
-                    bar.compiling(f"a chunk of {length} rounds")
-                    compiled[length], seconds = _aot(
-                        sim.chunk, state, *args, jnp.int32(r), length=length
-                    )
-                    timer = timer._replace(
-                        compile=timer.compile + seconds,
-                        compilations=timer.compilations + 1,
-                    )
+                strategy = tuning.next_strategy()
+                chunk = plan.chunk(strategy, length, state, args, r, bar)
+                if not tuning.done and plan.over_budget(strategy, length):
+                    tuning.record(plan.trial(strategy, None))
+                    continue
                 c0 = time.perf_counter()
                 state, traffic = jax.block_until_ready(
-                    compiled[length](state, *args, jnp.int32(r))
+                    chunk(state, *args, jnp.int32(r))
                 )
                 c1 = time.perf_counter()
-                ev = jax.block_until_ready(evaluate(state.params, sim.eval_data))
-                timer = timer._replace(
-                    train=timer.train + c1 - c0,
-                    eval=timer.eval + time.perf_counter() - c1,
+                if not tuning.done:
+                    _time_trial(plan, tuning, strategy, c1 - c0, length, r)
+                    if tuning.done:
+                        write_json(run_dir / EXECUTION_FILE, tuning.to_dict())
+                ev = jax.block_until_ready(plan.evaluate(state.params, sim.eval_data))
+                plan.timer = plan.timer._replace(
+                    train=plan.timer.train + c1 - c0,
+                    eval=plan.timer.eval + time.perf_counter() - c1,
                 )
                 if not bool(ev.finite):
                     raise DivergenceError(
@@ -227,28 +240,90 @@ def simulate(
                             scenario,
                             keep=sc.output.keep_checkpoints,
                         )
-                speed = _peer_steps(sim, totals.round - start, timer.train)
+                speed = _peer_steps(sim, totals.round - start, plan.timer.train)
                 bar.advance(totals.round, row["test_acc_mean"], speed)
     except KeyboardInterrupt:
         raise RunInterrupted(_interrupted(run_dir, totals.round, kept, sc)) from None
     finally:
         tb.close()
+    sim = plan.sim(tuning.strategy)
     sim.state = state
     row = row or _last_row(metrics)
-    summary = _summary(sim, row, timer, start, totals.wall + time.perf_counter() - t0)
-    summary["memory"] = {**plan.to_dict(), **peak_memory()}
+    wall = totals.wall + time.perf_counter() - t0
+    summary = _summary(sim, row, plan.timer, start, wall)
+    summary["execution"] = tuning.to_dict()
+    footprint_ = plan.footprints.get(tuning.strategy, plan.footprint)
+    summary["memory"] = {**footprint_.to_dict(), **peak_memory()}
+    if plan.budget is not None:
+        summary["memory"]["budget_bytes"] = plan.budget.bytes
     write_json(run_dir / "summary.json", summary)
     return summary
 
 
-def _plan(sim: Simulation, state, round_: int, bar: RunProgress):
+@dataclasses.dataclass
+class Plan:
+    """The compiled run: evaluation, chunks per (strategy, length), footprints."""
+
+    sims: dict  # strategy -> Simulation lifted that way
+    evaluate: Any  # the evaluation executable (of the planned strategy)
+    chunks: dict  # (strategy, length) -> chunk executable
+    footprint: Footprint  # of the planned strategy
+    footprints: dict  # strategy -> Footprint, for the strategies compiled
+    compile_seconds: dict  # strategy -> seconds its first chunk took to compile
+    budget: Budget | None
+    timer: Timer
+
+    def sim(self, strategy) -> Simulation:
+        if strategy not in self.sims:
+            self.sims[strategy] = next(iter(self.sims.values())).with_strategy(strategy)
+        return self.sims[strategy]
+
+    def chunk(self, strategy, length: int, state, args, round_: int, bar):
+        """The executable of a chunk of ``length`` rounds (compiled once)."""
+        if (strategy, length) not in self.chunks:
+            bar.compiling(f"a chunk of {length} rounds")
+            self.chunks[strategy, length], seconds = _aot(
+                self.sim(strategy).chunk,
+                state,
+                *args,
+                jnp.int32(round_),
+                length=length,
+            )
+            self.timer = self.timer._replace(
+                compile=self.timer.compile + seconds,
+                compilations=self.timer.compilations + 1,
+            )
+            self.compile_seconds.setdefault(strategy, seconds)
+        return self.chunks[strategy, length]
+
+    def over_budget(self, strategy, length: int) -> bool:
+        """Whether a candidate's chunk needs more than the budget (kept)."""
+        if strategy not in self.footprints:
+            chunk = self.chunks[strategy, length]
+            self.footprints[strategy] = footprint(chunk, self.evaluate, strategy)
+        fp = self.footprints[strategy]
+        return self.budget is not None and fp.peak > self.budget.bytes
+
+    def trial(self, strategy, seconds_per_round: float | None) -> Trial:
+        """A timed trial, or (None) one skipped for the budget."""
+        fp = self.footprints.get(strategy, self.footprint)
+        skipped = None if seconds_per_round is not None else "over the memory budget"
+        compile_s = self.compile_seconds[strategy]
+        return Trial(strategy, seconds_per_round, compile_s, fp.peak, skipped)
+
+
+def _plan(sim: Simulation, state, round_: int, bar: RunProgress, run_dir: Path):
     """Compiles the evaluation and the first chunk for the strategy that fits.
 
-    Returns (sim, evaluation executable, {length: chunk executable}, Timer,
-    Footprint); nothing has run yet, so a budget failure costs no compute.
+    Returns (Plan, Tuning); nothing has run yet, so a budget failure costs no
+    compute. A run resumed after ``auto`` chose its strategy keeps that choice.
     """
     sc = sim.scenario
     length = min(sc.eval_every, sc.rounds - round_)
+    auto = sc.execution.strategy == "auto"
+    resumed = _saved_choice(run_dir) if auto else None
+    if resumed is not None:
+        sim = sim.with_strategy(resumed.strategy)
     built: dict = {}
     timer = Timer()
 
@@ -265,13 +340,54 @@ def _plan(sim: Simulation, state, round_: int, bar: RunProgress):
         timer = timer._replace(
             compile=timer.compile + s1 + s2, compilations=timer.compilations + 1
         )
-        built[strategy] = (candidate, evaluate, chunk)
+        built[strategy] = (candidate, evaluate, chunk, s2)
         return footprint(chunk, evaluate, strategy)
 
-    auto = sc.execution.strategy == "auto"
-    plan = fit(compile_for, sim.strategy, sc.peers, sc.execution.memory_budget, auto)
-    chosen, evaluate, chunk = built[plan.strategy]
-    return chosen, evaluate, {length: chunk}, timer, plan
+    budget = memory_budget(sc.execution.memory_budget)
+    fp = fit(compile_for, sim.strategy, sc.peers, budget, auto)
+    chosen, evaluate, chunk, seconds = built[fp.strategy]
+    plan = Plan(
+        {fp.strategy: chosen},
+        evaluate,
+        {(fp.strategy, length): chunk},
+        fp,
+        {fp.strategy: fp},
+        {fp.strategy: seconds},
+        budget,
+        timer,
+    )
+    if resumed is not None and resumed.strategy == fp.strategy:
+        return plan, resumed
+    if not auto:
+        return plan, Tuning(fp.strategy, "scenario")
+    by = "default" if fp.strategy == sim.strategy else "memory budget"
+    return plan, Tuning(fp.strategy, by, open=True)
+
+
+def _saved_choice(run_dir: Path) -> Tuning | None:
+    """The strategy ``auto`` chose in an earlier process of this run, if any."""
+    path = run_dir / EXECUTION_FILE
+    if not path.is_file():
+        return None
+    try:
+        return Tuning.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        warn(f"{path} is unreadable ({e}); choosing the strategy again")
+        return None
+
+
+def _time_trial(plan: Plan, tuning: Tuning, strategy, seconds, length: int, r: int):
+    """Feeds one chunk's time to the tuning (full-length chunks only)."""
+    sc = plan.sim(strategy).scenario
+    if length != sc.eval_every:  # the last, shorter chunk: too late to tune
+        tuning.open, tuning.pending = False, []
+        return
+    trial = plan.trial(strategy, seconds / length)
+    if tuning.open:
+        left = (sc.rounds - r - length) // sc.eval_every
+        tuning.first_chunk(trial, tuning_candidates(sc.peers), seconds, left)
+    else:
+        tuning.record(trial)
 
 
 def _last_row(metrics: CsvLog) -> dict:
@@ -306,7 +422,6 @@ def _summary(sim: Simulation, row: dict, timer: Timer, start: int, wall: float):
         "eval_seconds": timer.eval,
         "peer_steps_per_second": _peer_steps(sim, rounds, timer.train),
         "rounds_per_second": rounds / max(timer.train, 1e-9),
-        "execution": {"strategy": sim.strategy[0], "peers_per_chunk": sim.strategy[1]},
         "topology": {"kernel": sim.topology.kernel, **sim.topology.info},
         "rho": sim.topology.info.get("rho"),
         "environment": environment(),

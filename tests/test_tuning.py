@@ -1,0 +1,154 @@
+"""``strategy: auto`` by timing: candidates, when tuning pays, the pick, the run."""
+
+import json
+
+import pytest
+
+from tests.test_engine import TINY, rows, write_scenario
+from workbench import runner, tuning
+from workbench.errors import RunInterrupted
+from workbench.planner import DEVICE_SHARE, GIB, device_memory, memory_budget
+from workbench.tuning import Trial, Tuning, pick, tuning_candidates, worth_tuning
+
+VMAP, MAP1, MAP4 = ("vmap", None), ("map", 1), ("map", 4)
+
+
+def test_candidates_by_peer_count():
+    assert tuning_candidates(1) == [VMAP]
+    assert tuning_candidates(4) == [VMAP, MAP1]
+    assert tuning_candidates(16) == [VMAP, MAP4, MAP1, ("unroll", 4)]
+    assert tuning_candidates(256) == [
+        VMAP,
+        ("map", 64),
+        ("map", 16),
+        MAP4,
+        MAP1,
+        ("unroll", 64),
+    ]
+
+
+def test_tuning_pays_only_when_compiles_are_a_tenth_of_the_training_left():
+    # 3 trials x 2 s of compile = 6 s against 10% of 1 s x chunks left
+    assert worth_tuning(3, 2.0, 1.0, 60)
+    assert not worth_tuning(3, 2.0, 1.0, 59)
+    assert not worth_tuning(3, 0.0, 1.0, 3)  # no chunk left for the winner
+    assert worth_tuning(3, 0.0, 1.0, 4)
+    assert not worth_tuning(0, 0.0, 1.0, 100)
+
+
+def trial(strategy, seconds, nbytes, skipped=None):
+    return Trial(strategy, seconds, 1.0, nbytes, skipped)
+
+
+def test_pick_is_the_fastest_and_within_5_percent_the_smallest():
+    assert pick([trial(VMAP, 1.0, 9), trial(MAP4, 0.5, 9)]).strategy == MAP4
+    close = [trial(VMAP, 1.0, 900), trial(MAP4, 1.04, 100), trial(MAP1, 1.06, 50)]
+    assert pick(close).strategy == MAP4
+    skipped = [trial(VMAP, 1.0, 9), trial(MAP1, None, 1, "over the memory budget")]
+    assert pick(skipped).strategy == VMAP
+
+
+def test_tuning_runs_each_candidate_once_then_the_pick():
+    t = Tuning(VMAP, "default", open=True)
+    assert t.next_strategy() == VMAP and not t.done
+    t.first_chunk(trial(VMAP, 1.0, 9), [VMAP, MAP4, MAP1], 1.0, 100)
+    assert t.next_strategy() == MAP4
+    t.record(trial(MAP4, 0.4, 5))
+    assert t.next_strategy() == MAP1 and not t.done
+    t.record(trial(MAP1, 0.6, 3))
+    assert t.done and t.strategy == MAP4 and t.chosen_by == "timing"
+    again = Tuning.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert again.strategy == MAP4 and again.trials == t.trials and again.done
+    assert again.to_dict() == {**t.to_dict(), "resumed": True}
+
+
+def test_tuning_that_does_not_pay_keeps_the_default():
+    t = Tuning(VMAP, "default", open=True)
+    t.first_chunk(trial(VMAP, 1.0, 9), [VMAP, MAP1], 1.0, 5)  # compile 1 s > 0.5 s
+    assert t.done and t.next_strategy() == VMAP and t.chosen_by == "default"
+
+
+def test_default_budget_is_90_percent_of_the_device():
+    total = device_memory()
+    assert 2**30 < total < 2**50
+    budget = memory_budget(None)
+    assert budget.bytes == int(DEVICE_SHARE * total) and not budget.explicit
+    assert memory_budget(1.5).bytes == int(1.5 * GIB)
+    assert memory_budget(1.5).source == "execution.memory_budget = 1.5 GiB"
+
+
+LONG = {**TINY, "peers": 8, "rounds": 14}  # 7 chunks of 2 rounds
+
+
+def test_a_tuned_run_times_every_candidate_and_keeps_the_fastest(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuning, "COMPILE_SHARE", 1e9)  # tuning always pays
+    path = write_scenario(tmp_path, **LONG)
+    out = tmp_path / "tuned"
+    summary = runner.run(str(path), [], out=str(out), progress=False).summary
+    execution = summary["execution"]
+    trials = execution["trials"]
+    tried = [(t["strategy"], t["peers_per_chunk"]) for t in trials]
+    assert tried == tuning_candidates(8) == [VMAP, MAP4, MAP1, ("unroll", 2)]
+    assert all(t["seconds_per_round"] > 0 and t["compile_seconds"] > 0 for t in trials)
+    assert all(t["estimate_bytes"] > 0 for t in trials)
+    best = pick(
+        [
+            trial(s, t["seconds_per_round"], t["estimate_bytes"])
+            for s, t in zip(tried, trials, strict=True)
+        ]
+    )
+    assert (execution["strategy"], execution["peers_per_chunk"]) == best.strategy
+    assert execution["chosen_by"] == "timing"
+    assert json.loads((out / "execution.json").read_text()) == execution
+    assert summary["compilations"] == 4  # evaluation and vmap, then 3 chunks
+    assert [int(r["round"]) for r in rows(out / "metrics.csv")] == list(range(2, 15, 2))
+
+    monkeypatch.setattr(tuning, "COMPILE_SHARE", 0.1)
+    pinned = write_scenario(tmp_path, **LONG, execution={"strategy": "vmap"})
+    plain = runner.run(str(pinned), [], out=str(tmp_path / "vmap"), progress=False)
+    assert plain.summary["execution"] == {
+        "strategy": "vmap",
+        "peers_per_chunk": None,
+        "chosen_by": "scenario",
+        "trials": [],
+    }
+    for a, b in zip(
+        rows(out / "metrics.csv"), rows(tmp_path / "vmap" / "metrics.csv"), strict=True
+    ):
+        for key in ("test_acc_mean", "test_loss_mean", "consensus_distance"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5, abs=1e-7)
+
+
+def test_a_short_run_does_not_tune(tmp_path):
+    path = write_scenario(tmp_path, **LONG)
+    summary = runner.run(str(path), [], out=str(tmp_path / "r"), progress=False).summary
+    execution = summary["execution"]
+    assert execution["chosen_by"] == "default" and execution["strategy"] == "vmap"
+    (only,) = execution["trials"]
+    assert only["strategy"] == "vmap" and only["seconds_per_round"] > 0
+    assert summary["compilations"] == 1
+    assert summary["memory"]["budget_bytes"] == memory_budget(None).bytes
+
+
+def test_a_resumed_run_keeps_the_choice(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuning, "COMPILE_SHARE", 1e9)
+    monkeypatch.setattr(tuning, "pick", lambda trials: trials[1])  # map x1
+    real_save = runner.save_checkpoint
+
+    def killed_after_round_12(run_dir, round_, *args, **kwargs):
+        path = real_save(run_dir, round_, *args, **kwargs)
+        if round_ == 12:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(runner, "save_checkpoint", killed_after_round_12)
+    path = write_scenario(tmp_path, **{**LONG, "peers": 4})  # vmap and map x1
+    out = tmp_path / "cut"
+    with pytest.raises(RunInterrupted):
+        runner.run(str(path), [], out=str(out), progress=False)
+    saved = json.loads((out / "execution.json").read_text())
+    assert (saved["strategy"], saved["peers_per_chunk"]) == MAP1
+    monkeypatch.setattr(runner, "save_checkpoint", real_save)
+    summary = runner.run(None, [], resume=str(out), progress=False).summary
+    assert summary["execution"] == {**saved, "resumed": True}
+    assert summary["compilations"] == 1  # the evaluation and map x1 only
