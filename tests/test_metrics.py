@@ -199,3 +199,40 @@ def test_eval_data_takes_each_split_from_its_source():
     assert np.all(np.asarray(val.x)[:, :2] == 2) and list(val.size) == [2, 1]
     assert np.all(np.asarray(data.test_x)[:3] == 3)
     assert np.asarray(data.test_mask).sum() == 3
+
+
+def test_test_samples_evaluates_a_fixed_seeded_subset():
+    m = 300
+    fed = FederatedData(
+        PeerArrays(
+            np.zeros((2, 4, 1), np.float32),
+            np.zeros((2, 4), np.int32),
+            np.array([4, 4]),
+        ),
+        PeerArrays(
+            np.zeros((2, 1, 1), np.float32),
+            np.zeros((2, 1), np.int32),
+            np.array([1, 1]),
+        ),
+        np.arange(m, dtype=np.float32)[:, None],
+        np.arange(m, dtype=np.int32),
+        m,
+        (1,),
+    )
+    data = _eval_data(fed, 50, seed=3)
+    kept = np.asarray(data.test_y)[np.asarray(data.test_mask) > 0]
+    assert len(kept) == 50 and len(set(kept.tolist())) == 50
+    assert np.array_equal(np.asarray(data.test_x)[:50, 0], kept)  # rows kept whole
+    assert np.array_equal(kept, np.asarray(_eval_data(fed, 50, seed=3).test_y)[:50])
+    assert not np.array_equal(kept, np.asarray(_eval_data(fed, 50, seed=4).test_y)[:50])
+    assert np.asarray(_eval_data(fed, None).test_mask).sum() == m
+    assert np.asarray(_eval_data(fed, 10_000).test_mask).sum() == m
+
+
+def test_scenario_test_samples_reaches_the_evaluation():
+    from tests.test_engine import TINY
+    from workbench.engine import build
+    from workbench.scenario import parse_scenario
+
+    sim = build(parse_scenario({**TINY, "evaluation": {"test_samples": 20}}))
+    assert np.asarray(sim.eval_data.test_mask).sum() == 20

@@ -11,22 +11,23 @@ import pytest
 from tests.test_engine import TINY, rows, write_scenario
 from workbench.cli import main
 from workbench.engine import build
-from workbench.planner import candidates, footprint
+from workbench.errors import WorkbenchError
+from workbench.planner import Budget, Footprint, candidates, fit, footprint
 from workbench.runner import run
 from workbench.scenario import parse_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 BIGGER = {
-    "peers": 16,
+    "peers": 8,
     "data": {"name": "digits", "batch_size": 64},
     "model": {"name": "mlp", "hidden": [256]},
 }
 
 
-def footprints(changes) -> dict:
+def footprints(changes, strategies=None) -> dict:
     sim = build(parse_scenario({**TINY, **changes}))
     out = {}
-    for strategy in candidates(sim.scenario.peers):
+    for strategy in strategies or candidates(sim.scenario.peers):
         other = sim.with_strategy(strategy)
         args = (sim.data, sim.topology.data, sim.weights)
         ev = other.evaluate.lower(sim.state.params, sim.eval_data).compile()
@@ -72,22 +73,42 @@ def test_a_fixed_strategy_over_budget_fails_before_any_round(tmp_path, capsys):
     assert rows(tmp_path / "r" / "metrics.csv") == []
 
 
+def test_fit_takes_the_first_candidate_within_the_budget():
+    peaks = {("vmap", None): 90, ("map", 8): 70, ("map", 4): 40, ("map", 2): 30}
+    peaks[("map", 1)] = 20
+    compiled = []
+
+    def compile_for(strategy):
+        compiled.append(strategy)
+        return Footprint(peaks[strategy], 0, 0, strategy)
+
+    budget = Budget(50, "execution.memory_budget = 5e-08 GiB", True)
+    assert fit(compile_for, ("vmap", None), 16, budget, True).strategy == ("map", 4)
+    assert compiled == [("vmap", None), ("map", 8), ("map", 4)]
+    assert fit(compile_for, ("vmap", None), 16, Budget(90, "", True), True).peak == 90
+    with pytest.raises(WorkbenchError, match="needs about 20 B .* map x1, over exe"):
+        fit(compile_for, ("vmap", None), 16, Budget(10, budget.source, True), True)
+    with pytest.raises(WorkbenchError, match="vmap, over 90% of this device's"):
+        fit(
+            compile_for,
+            ("vmap", None),
+            16,
+            Budget(10, "90% of this device's", False),
+            False,
+        )
+
+
 def test_auto_chunks_the_peers_to_fit_the_budget_with_the_same_numbers(tmp_path):
-    fps = footprints(BIGGER)
-    vmap = fps[("vmap", None)].peak
-    fitting = [s for s, f in fps.items() if f.peak < vmap]
-    assert fitting, fps  # some chunking needs less than full vmap
-    target = fitting[0]
-    over = [f.peak for s, f in fps.items() if s != target and f.peak > fps[target].peak]
-    budget = (fps[target].peak + min(over)) / 2 / 2**30
-    first = [s for s in fps if fps[s].peak <= budget * 2**30][0]
+    vmap, one = ("vmap", None), ("map", 1)
+    fps = footprints(BIGGER, [vmap, one])
+    assert fps[one].peak < fps[vmap].peak  # chunking needs less than full vmap
+    budget = (fps[one].peak + fps[vmap].peak) / 2 / 2**30
     path = write_scenario(tmp_path, **BIGGER, execution={"memory_budget": budget})
     chosen = run(str(path), [], out=str(tmp_path / "fit"), progress=False).summary
-    assert (
-        chosen["execution"]["strategy"],
-        chosen["execution"]["peers_per_chunk"],
-    ) == first
+    execution = chosen["execution"]
+    assert execution["strategy"] == "map" and execution["chosen_by"] == "memory budget"
     assert chosen["memory"]["estimate_bytes"] <= budget * 2**30
+    assert chosen["memory"]["budget_bytes"] == int(budget * 2**30)
     path = write_scenario(tmp_path, **BIGGER)
     plain = run(str(path), [], out=str(tmp_path / "vmap"), progress=False).summary
     assert plain["execution"]["strategy"] == "vmap"

@@ -119,7 +119,7 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
         state = jax.jit(jax.vmap(algorithm.init))(stacked, keys)
         data = _device(PeerData(*fed.train))
-        eval_data = _eval_data(fed)
+        eval_data = _eval_data(fed, sc.evaluation.test_samples, sc.seed)
     sizes = fed.train.size.astype(np.float32)
     by_size = algorithm.rounds.weighting == "data_size"
     weights = sizes if by_size else np.ones_like(sizes)
@@ -152,7 +152,14 @@ def _pad_to(a: np.ndarray, axis: int, multiple: int) -> np.ndarray:
     return np.pad(a, widths)
 
 
-def _eval_data(fed) -> EvalData:
+def _test_subset(m: int, samples: int | None, seed: int) -> np.ndarray:
+    """Indices of the test samples evaluated: all, or a seeded subset (sorted)."""
+    if samples is None or samples >= m:
+        return np.arange(m)
+    return np.sort(np.random.default_rng(seed).choice(m, samples, replace=False))
+
+
+def _eval_data(fed, test_samples: int | None = None, seed: int = 0) -> EvalData:
     cap = min(fed.train.x.shape[1], EVAL_TRAIN_PER_PEER)
     train = PeerData(
         _pad_to(fed.train.x[:, :cap], 1, EVAL_BATCH),
@@ -164,13 +171,13 @@ def _eval_data(fed) -> EvalData:
         _pad_to(fed.val.y, 1, EVAL_BATCH),
         fed.val.size,
     )
-    m = fed.test_y.shape[0]
+    keep = _test_subset(fed.test_y.shape[0], test_samples, seed)
     return _device(
         EvalData(
             train,
             val,
-            _pad_to(fed.test_x, 0, EVAL_BATCH),
-            _pad_to(fed.test_y, 0, EVAL_BATCH),
-            _pad_to(np.ones(m, np.float32), 0, EVAL_BATCH),
+            _pad_to(fed.test_x[keep], 0, EVAL_BATCH),
+            _pad_to(fed.test_y[keep], 0, EVAL_BATCH),
+            _pad_to(np.ones(len(keep), np.float32), 0, EVAL_BATCH),
         )
     )

@@ -3,7 +3,7 @@
 All strategies compute the same numbers (every random draw is derived from the
 peer index, never from the chunking), so the choice only changes speed/memory:
 
-- ``vmap``:   one ``jax.vmap`` over all n peers (what ``auto`` picks, on any backend).
+- ``vmap``:   one ``jax.vmap`` over all n peers (where ``auto`` starts).
 - ``map``:    ``lax.map`` over chunks of ``k`` peers, each chunk vmapped
               (bounded memory; a loop inside XLA).
 - ``unroll``: the n/k chunks unrolled in one jit, each chunk vmapped; on CPU this
@@ -55,16 +55,30 @@ def lift(fn: Callable, strategy: str = "vmap", peers_per_chunk: int | None = Non
 
 
 def default_strategy(backend: str, num_peers: int) -> tuple[str, int | None]:
-    """The strategy ``auto`` resolves to: full vmap, on every backend.
+    """Where ``auto`` starts: full vmap, on every backend.
 
-    Measured on the 2-core CPU (tests/benchmarks/bench_engine.py): chunking is a
-    memory/cache trade-off that depends on activation size. For the FEMNIST CNN
-    on 28x28 inputs, ``map`` with 1-4 peers per chunk was 1.3-1.5x faster than
-    full vmap (one peer's patches fit in L3, n peers' do not); for the same CNN
-    on 8x8 digits and for MLPs, full vmap was faster. Pick ``strategy: map,
-    peers_per_chunk: 4`` for large conv models on CPU. What makes vmap fast for
-    conv models on CPU at all is the matmul convolution of workbench.models
-    (``conv_impl: auto``): vmapped grouped XLA convolutions were 27x slower.
+    ``auto`` then chunks the peers if the memory budget asks for it
+    (workbench.planner) and, in a run long enough to pay for the compilations,
+    times the other candidates on its own chunks and keeps the fastest
+    (workbench.tuning). Measured trade-offs on the 2-core CPU, one D-SGD step of
+    batch 32, huge pages on (tests/benchmarks/bench_engine.py):
+
+    - FEMNIST CNN, 16 peers: every strategy is within ~10% of a Python loop of
+      jitted per-peer steps and of one model stepping on the summed batch
+      (16 x 32), which runs the machine at ~0.5 of its matmul peak: the step is
+      bound by the convolutions' matmuls and the patches' memory traffic, not
+      by how the peers are lifted. Chunks (``map`` over 1-4 peers) need less
+      memory than full vmap (one chunk's patches at a time).
+    - MLP: full vmap and the loop are level at 16 peers; the summed batch is
+      ~2x faster (one weight matrix read per step instead of n).
+    - Unrolled chunks compile in time proportional to their number (``unroll``
+      over 1 peer: 28 s for 64 MLP peers), so ``auto`` only tries four chunks.
+    - Without glibc's huge pages (workbench.allocator) the CNN step was 1.7-1.9x
+      slower for every strategy: page faults of the step's large buffers.
+
+    What makes vmap fast for conv models on CPU at all is the matmul
+    convolution of workbench.models (``conv_impl: auto``): vmapped grouped XLA
+    convolutions were 27x slower.
     """
     del backend, num_peers
     return "vmap", None

@@ -57,17 +57,28 @@ def device_memory() -> int | None:
     return min(total, int(limit)) if limit.isdigit() else total
 
 
+def resident_bytes() -> int:
+    """What this process holds in memory now (0 where /proc does not say)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
 def memory_budget(gib: float | None) -> Budget | None:
-    """``execution.memory_budget``, or DEVICE_SHARE of the device's memory."""
+    """``execution.memory_budget``, or DEVICE_SHARE of the device's memory
+    (on the CPU, less what the process already holds: data, runtime)."""
     if gib is not None:
         return Budget(int(gib * GIB), f"execution.memory_budget = {gib:g} GiB", True)
     total = device_memory()
     if total is None:
         return None
-    share = f"{DEVICE_SHARE:.0%}"
-    return Budget(
-        int(DEVICE_SHARE * total), f"{share} of this device's {human(total)}", False
-    )
+    source = f"{DEVICE_SHARE:.0%} of this device's {human(total)}"
+    held = resident_bytes() if jax.default_backend() == "cpu" else 0
+    if held:
+        source += f" less the {human(held)} this process holds"
+    return Budget(int(DEVICE_SHARE * total) - held, source, False)
 
 
 class Footprint(NamedTuple):

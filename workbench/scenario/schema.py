@@ -62,9 +62,15 @@ class EvaluationConfig(FrozenModel):
     Attributes:
       metrics: names of entries of the metric registry (``workbench list
         metrics``); each adds columns to metrics.csv and peers.csv.
+      test_samples: evaluate on this many test samples, a fixed random subset
+        drawn from the seed (every peer and every evaluation sees the same
+        one); None: the whole test set. Every peer evaluates its own model on
+        the test set, so on a large one (FEMNIST's) evaluation can cost more
+        than training.
     """
 
     metrics: tuple[str, ...] = ()
+    test_samples: int | None = Field(None, ge=1)
 
     @field_validator("metrics", mode="before")
     @classmethod
