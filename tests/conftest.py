@@ -1,12 +1,18 @@
-"""Shared test setup: huge pages as the command line has them, and early
-detection of peer-axis broadcasting bugs.
+"""Shared test setup: huge pages as the command line has them, early
+detection of peer-axis broadcasting bugs, and one compilation cache per session.
 
 pytest re-executes itself with glibc's huge-page tunable (workbench.allocator)
 before any test starts JAX, so tests and benchmarks run as ``workbench
 simulate`` does. The restart waits for ``pytest_configure`` so that pytest's
 output capture can first hand the terminal back: a restart while conftest files
 are imported would write the new run's report into the capture's temporary file.
+
+Many tests compile the same small scenarios; JAX's persistent compilation cache,
+in a directory that lives as long as the session, compiles each program once.
 """
+
+import shutil
+import tempfile
 
 import jax
 
@@ -22,3 +28,12 @@ def pytest_configure(config):
     reexec_with_huge_pages()
     if capture is not None:
         capture.start_global_capturing()
+    config.compilation_cache = tempfile.mkdtemp(prefix="workbench-tests-xla-")
+    jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "compilation_cache", None)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)

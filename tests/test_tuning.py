@@ -139,7 +139,8 @@ def test_a_short_run_does_not_tune(tmp_path):
     assert only["strategy"] == "vmap" and only["seconds_per_round"] > 0
     assert summary["compilations"] == 1
     budget = summary["memory"]["budget_bytes"]  # less what the process held then
-    assert 0 < DEVICE_SHARE * device_memory() - budget < 2 * 2**30
+    held = DEVICE_SHARE * device_memory() - budget
+    assert 0 < held <= summary["memory"]["peak_rss_bytes"]
 
 
 def test_a_resumed_run_keeps_the_choice(tmp_path, monkeypatch):
