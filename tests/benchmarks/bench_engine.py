@@ -6,8 +6,9 @@ GPU::
     python -m pytest tests/benchmarks/bench_engine.py --benchmark-enable \\
         -o addopts="" -p no:cacheprovider -s
 
-One local SGD step (batch 32 per peer, synthetic data) of the MLP (784-200-200-10
-on 28x28x1), the FEMNIST CNN (62 classes) and the GroupNorm ResNet-20 (32x32x3),
+One local SGD step (batch 32 per peer, synthetic data) of logistic regression
+(784 -> 62), the MLP (784-200-200-10 on 28x28x1), the FEMNIST CNN (62 classes)
+and the GroupNorm ResNet-20 (32x32x3),
 for 16, 64 and 256 peers on the CPU (the ResNet: 16 and 64) and 16, 256 and 1024
 on an accelerator, three ways:
 
@@ -54,6 +55,7 @@ from workbench.tuning import Trial, pick, tuning_candidates
 BATCH = 32
 LR = 0.05
 MODELS = {  # name -> (model section, input shape, classes)
+    "logistic": ({"name": "logistic"}, (28, 28, 1), 62),
     "mlp": ({"name": "mlp", "hidden": [200, 200]}, (28, 28, 1), 10),
     "cnn": ({"name": "cnn"}, (28, 28, 1), 62),
     "resnet": ({"name": "resnet", "depth": 20}, (32, 32, 3), 10),
@@ -66,6 +68,7 @@ if not ON_GPU:
     NS["resnet"] = (16, 64)
 VARIANTS = ("engine", "loop", "summed")
 ROUNDS = {  # timed steps per case, by model and peers (one warm-up besides)
+    "logistic": {16: 30, 64: 20, 256: 10, 1024: 10},
     "mlp": {16: 30, 64: 20, 256: 10, 1024: 10},
     "cnn": {16: 7, 64: 5, 256: 2, 1024: 5},
     "resnet": {16: 3, 64: 2, 256: 5, 1024: 3},
@@ -279,7 +282,7 @@ def test_summary(capsys):
     """Prints the table: ms/step, peer-steps/s, GFLOP/s, fraction of matmul."""
     lines = [
         "",
-        f"{'model':6s} {'n':>4s} {'variant':10s} {'ms/step':>9s} {'peer-st/s':>10s} "
+        f"{'model':8s} {'n':>4s} {'variant':10s} {'ms/step':>9s} {'peer-st/s':>10s} "
         f"{'GFLOP/s':>8s} {'of mm':>6s}  ratio (engine speed / this)",
     ]
     for name, n, variant in CASES:
@@ -293,7 +296,7 @@ def test_summary(capsys):
             else ""
         )
         lines.append(
-            f"{name:6s} {n:4d} {info['lift']:10s} {info['ms_per_step']:9.1f} "
+            f"{name:8s} {n:4d} {info['lift']:10s} {info['ms_per_step']:9.1f} "
             f"{info['peer_steps_per_s']:10.1f} {info['gflops']:8.1f} "
             f"{info['frac_of_matmul']:6.2f}  {ratio}"
         )
