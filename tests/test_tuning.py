@@ -102,6 +102,9 @@ def test_a_tuned_run_times_every_candidate_and_keeps_the_fastest(tmp_path, monke
     assert tried == tuning_candidates(8) == [VMAP, MAP4, MAP1, ("unroll", 2)]
     assert all(t["seconds_per_round"] > 0 and t["compile_seconds"] > 0 for t in trials)
     assert all(t["estimate_bytes"] > 0 for t in trials)
+    # the trials are 4 of the run's 7 chunks of 2 rounds: part of its training time
+    trial_seconds = sum(2 * t["seconds_per_round"] for t in trials)
+    assert trial_seconds < summary["train_seconds"]
     best = pick(
         [
             trial(s, t["seconds_per_round"], t["estimate_bytes"])
