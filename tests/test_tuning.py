@@ -5,8 +5,8 @@ import json
 import pytest
 
 from tests.test_engine import TINY, rows, write_scenario
+from tests.test_run_safety import cut_run
 from workbench import planner, runner, tuning
-from workbench.errors import RunInterrupted
 from workbench.planner import (
     DEVICE_SHARE,
     GIB,
@@ -149,22 +149,9 @@ def test_a_short_run_does_not_tune(tmp_path):
 def test_a_resumed_run_keeps_the_choice(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "COMPILE_SHARE", 1e9)
     monkeypatch.setattr(tuning, "pick", lambda trials: trials[1])  # map x1
-    real_save = runner.save_checkpoint
-
-    def killed_after_round_12(run_dir, round_, *args, **kwargs):
-        path = real_save(run_dir, round_, *args, **kwargs)
-        if round_ == 12:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(runner, "save_checkpoint", killed_after_round_12)
-    path = write_scenario(tmp_path, **{**LONG, "peers": 4})  # vmap and map x1
-    out = tmp_path / "cut"
-    with pytest.raises(RunInterrupted):
-        runner.run(str(path), [], out=str(out), progress=False)
+    out = cut_run(tmp_path, monkeypatch, 12, **{**LONG, "peers": 4})  # vmap, map x1
     saved = json.loads((out / "execution.json").read_text())
     assert (saved["strategy"], saved["peers_per_chunk"]) == MAP1
-    monkeypatch.setattr(runner, "save_checkpoint", real_save)
     summary = runner.run(None, [], resume=str(out), progress=False).summary
     assert summary["execution"] == {**saved, "resumed": True}
     assert summary["compilations"] == 1  # the evaluation and map x1 only
