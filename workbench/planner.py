@@ -10,8 +10,8 @@ round runs, with one line saying how much it needs and what to change.
 
 The budget is ``execution.memory_budget`` (GiB) or, when unset, 90% of what the
 device has: a GPU's memory limit, or on the CPU the machine's memory (or the
-container's limit, when lower). The estimate covers XLA's buffers; the process
-itself (Python, JAX, the dataset on the host) adds about 0.4 GiB on the CPU.
+container's limit, when lower) less what the process already holds (Python,
+JAX, the dataset on the host), which XLA's estimate does not cover.
 """
 
 from __future__ import annotations
@@ -41,10 +41,15 @@ class Budget(NamedTuple):
     explicit: bool  # set in the scenario
 
 
+def _device_stats() -> dict:
+    """The device's memory statistics ({} where it keeps none, as the CPU)."""
+    return getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
+
+
 def device_memory() -> int | None:
     """Bytes the device has: a GPU's limit; the machine's (or cgroup's) on CPU."""
-    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
-    if stats and stats.get("bytes_limit"):
+    stats = _device_stats()
+    if stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -179,11 +184,12 @@ def fit(
         hint += ", or a larger budget"
     raise WorkbenchError(
         f"this scenario needs {tried.describe()} with strategy "
-        f"{_name(tried.strategy)}, over {budget.source}; {hint}"
+        f"{strategy_name(tried.strategy)}, over {budget.source}; {hint}"
     )
 
 
-def _name(strategy) -> str:
+def strategy_name(strategy) -> str:
+    """``("map", 4)`` -> ``"map x4"``; ``("vmap", None)`` -> ``"vmap"``."""
     kind, k = strategy
     return kind if k is None else f"{kind} x{k}"
 
@@ -194,8 +200,8 @@ def peak_memory() -> dict[str, Any]:
     out: dict[str, Any] = {
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
     }
-    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
-    if stats and "peak_bytes_in_use" in stats:
+    stats = _device_stats()
+    if "peak_bytes_in_use" in stats:
         out["peak_device_bytes"] = int(stats["peak_bytes_in_use"])
     return out
 

@@ -36,7 +36,6 @@ from workbench.interrupts import deferred
 from workbench.memory import out_of_memory_guard
 from workbench.planner import (
     Budget,
-    Footprint,
     fit,
     footprint,
     memory_budget,
@@ -199,7 +198,7 @@ def simulate(
                 )
                 c1 = time.perf_counter()
                 if not tuning.done:
-                    _time_trial(plan, tuning, strategy, c1 - c0, length, r)
+                    _time_trial(plan, tuning, strategy, c1 - c0, length, r, sc)
                     if tuning.done:
                         write_json(run_dir / EXECUTION_FILE, tuning.to_dict())
                 ev = jax.block_until_ready(plan.evaluate(state.params, sim.eval_data))
@@ -252,8 +251,7 @@ def simulate(
     wall = totals.wall + time.perf_counter() - t0
     summary = _summary(sim, row, plan.timer, start, wall)
     summary["execution"] = tuning.to_dict()
-    footprint_ = plan.footprints.get(tuning.strategy, plan.footprint)
-    summary["memory"] = {**footprint_.to_dict(), **peak_memory()}
+    summary["memory"] = {**plan.footprints[tuning.strategy].to_dict(), **peak_memory()}
     if plan.budget is not None:
         summary["memory"]["budget_bytes"] = plan.budget.bytes
     write_json(run_dir / "summary.json", summary)
@@ -267,7 +265,6 @@ class Plan:
     sims: dict  # strategy -> Simulation lifted that way
     evaluate: Any  # the evaluation executable (of the planned strategy)
     chunks: dict  # (strategy, length) -> chunk executable
-    footprint: Footprint  # of the planned strategy
     footprints: dict  # strategy -> Footprint, for the strategies compiled
     compile_seconds: dict  # strategy -> seconds its first chunk took to compile
     budget: Budget | None
@@ -306,7 +303,7 @@ class Plan:
 
     def trial(self, strategy, seconds_per_round: float | None) -> Trial:
         """A timed trial, or (None) one skipped for the budget."""
-        fp = self.footprints.get(strategy, self.footprint)
+        fp = self.footprints[strategy]
         skipped = None if seconds_per_round is not None else "over the memory budget"
         compile_s = self.compile_seconds[strategy]
         return Trial(strategy, seconds_per_round, compile_s, fp.peak, skipped)
@@ -350,7 +347,6 @@ def _plan(sim: Simulation, state, round_: int, bar: RunProgress, run_dir: Path):
         {fp.strategy: chosen},
         evaluate,
         {(fp.strategy, length): chunk},
-        fp,
         {fp.strategy: fp},
         {fp.strategy: seconds},
         budget,
@@ -376,11 +372,10 @@ def _saved_choice(run_dir: Path) -> Tuning | None:
         return None
 
 
-def _time_trial(plan: Plan, tuning: Tuning, strategy, seconds, length: int, r: int):
+def _time_trial(plan: Plan, tuning: Tuning, strategy, seconds, length, r, sc):
     """Feeds one chunk's time to the tuning (full-length chunks only)."""
-    sc = plan.sim(strategy).scenario
     if length != sc.eval_every:  # the last, shorter chunk: too late to tune
-        tuning.open, tuning.pending = False, []
+        tuning.stop()
         return
     trial = plan.trial(strategy, seconds / length)
     if tuning.open:

@@ -26,6 +26,15 @@ TIE = 0.05  # within this fraction of the fastest, the smallest footprint wins
 COMPILE_SHARE = 0.10  # trials' compilations may cost this share of training left
 
 
+def _fields(strategy: Strategy) -> dict:
+    kind, k = strategy
+    return {"strategy": kind, "peers_per_chunk": k}
+
+
+def _strategy(fields: dict) -> Strategy:
+    return fields["strategy"], fields["peers_per_chunk"]
+
+
 class Trial(NamedTuple):
     """One candidate: its time per round on one chunk, or why it did not run."""
 
@@ -36,10 +45,8 @@ class Trial(NamedTuple):
     skipped: str | None = None
 
     def to_dict(self) -> dict:
-        kind, k = self.strategy
         out = {
-            "strategy": kind,
-            "peers_per_chunk": k,
+            **_fields(self.strategy),
             "seconds_per_round": self.seconds_per_round,
             "compile_seconds": self.compile_seconds,
             "estimate_bytes": self.estimate_bytes,
@@ -117,6 +124,10 @@ class Tuning:
         if worth_tuning(len(others), trial.compile_seconds, chunk_seconds, chunks_left):
             self.pending = others
 
+    def stop(self) -> None:
+        """No (more) trials: the strategy so far is the run's."""
+        self.open, self.pending = False, []
+
     def record(self, trial: Trial) -> None:
         """A candidate's trial (run or skipped); after the last one, the pick."""
         self.pending.remove(trial.strategy)
@@ -126,10 +137,8 @@ class Tuning:
             self.chosen_by = "timing"
 
     def to_dict(self) -> dict:
-        kind, k = self.strategy
         out = {
-            "strategy": kind,
-            "peers_per_chunk": k,
+            **_fields(self.strategy),
             "chosen_by": self.chosen_by,
             "trials": [t.to_dict() for t in self.trials],
         }
@@ -140,7 +149,7 @@ class Tuning:
         """A choice saved by an earlier process of the same run."""
         trials = [
             Trial(
-                (t["strategy"], t["peers_per_chunk"]),
+                _strategy(t),
                 t["seconds_per_round"],
                 t["compile_seconds"],
                 t["estimate_bytes"],
@@ -148,5 +157,4 @@ class Tuning:
             )
             for t in saved.get("trials", [])
         ]
-        strategy = (saved["strategy"], saved["peers_per_chunk"])
-        return cls(strategy, saved["chosen_by"], trials=trials, resumed=True)
+        return cls(_strategy(saved), saved["chosen_by"], trials=trials, resumed=True)
