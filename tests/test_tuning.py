@@ -155,3 +155,12 @@ def test_a_resumed_run_keeps_the_choice(tmp_path, monkeypatch):
     summary = runner.run(None, [], resume=str(out), progress=False).summary
     assert summary["execution"] == {**saved, "resumed": True}
     assert summary["compilations"] == 1  # the evaluation and map x1 only
+
+
+def test_no_tuning_without_a_chunk_left_for_the_winner(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuning, "COMPILE_SHARE", 1e9)  # compile cost no object
+    # 4 chunks: after the default's, 3 are left for 3 trials and none for a winner
+    path = write_scenario(tmp_path, **{**LONG, "rounds": 8})
+    summary = runner.run(str(path), [], out=str(tmp_path / "r"), progress=False).summary
+    assert summary["execution"]["chosen_by"] == "default"
+    assert len(summary["execution"]["trials"]) == 1 and summary["compilations"] == 1
