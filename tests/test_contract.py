@@ -23,7 +23,9 @@ from workbench.comm.kernels import as_table
 from workbench.comm.messages import Coded
 from workbench.keys import LOCAL, round_key
 from workbench.objective import make_loss
+from workbench.optim import local_optimizer
 from workbench.rounds import RoundSpec, make_chunk, sample_batches
+from workbench.rounds import init_state as init_state_of
 
 LR = 0.05
 REQUIRED = {"choco": {"gamma": 0.2}}  # keys without a default
@@ -33,13 +35,14 @@ def build(name: str):
     loss_fn = make_loss(MLP().apply)
     spec = {"name": name, **REQUIRED.get(name, {})}
     return ALGORITHMS.build(
-        spec, "algorithm", loss_fn=loss_fn, optimizer=lambda s: optax.sgd(LR)
+        spec, "algorithm", loss_fn=loss_fn, optimizer=local_optimizer(lr=LR)
     )
 
 
-def init_state(alg, params, n):
+def init_state(spec, params, n, topo_data):
     stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
-    return jax.vmap(alg.init)(stacked, jax.random.split(jax.random.key(1), n))
+    keys = jax.random.split(jax.random.key(1), n)
+    return init_state_of(spec, 5, stacked, keys, topo_data)
 
 
 def loop_lift(fn):
@@ -60,7 +63,7 @@ def run(alg, n, W, lift=jax.vmap, rounds=3, chunk=None):
     _, params, data = mlp_problem(n)
     spec = RoundSpec(alg, lambda d, t, k: d, lift, n, 4)
     chunk = chunk or make_chunk(spec, seed=5)
-    state = init_state(alg, params, n)
+    state = init_state(spec, params, n, from_matrix("dense", W))
     out = chunk(
         state,
         data,
@@ -81,7 +84,9 @@ def test_chunk_preserves_state_shapes(name):
     alg = build(name)
     n = 4
     _, params, _ = mlp_problem(n)
-    before = jax.eval_shape(lambda: init_state(alg, params, n))
+    spec = RoundSpec(alg, lambda d, t, k: d, jax.vmap, n, 4)
+    W = from_matrix("dense", ring_weights(n))
+    before = jax.eval_shape(lambda: init_state(spec, params, n, W))
     state, traffic, *_ = run(alg, n, ring_weights(n))
     assert jax.tree.structure(state) == jax.tree.structure(before)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(before), strict=True):

@@ -8,12 +8,14 @@ the jitted core and results.py for the run directory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 
 from workbench.algorithms import ALGORITHMS
 from workbench.data import load_federated
@@ -23,8 +25,15 @@ from workbench.execution import default_strategy, lift
 from workbench.memory import StateEstimate, out_of_memory_guard, tree_bytes
 from workbench.models import build_model, init_params, num_params
 from workbench.objective import make_loss
-from workbench.optim import make_optimizer
-from workbench.rounds import EvalData, PeerData, RoundSpec, make_chunk, root_key
+from workbench.optim import LocalOptimizer
+from workbench.rounds import (
+    EvalData,
+    PeerData,
+    RoundSpec,
+    init_state,
+    make_chunk,
+    root_key,
+)
 from workbench.scenario import algorithm_parts
 from workbench.topology import build_topology
 
@@ -85,9 +94,7 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
     name, alg_kwargs, opt_cfg = algorithm_parts(sc)
     l2 = opt_cfg.pop("l2", 0.0)
 
-    def optimizer(steps_per_round: int):
-        return make_optimizer(**opt_cfg, total_steps=sc.rounds * steps_per_round)
-
+    optimizer = LocalOptimizer(opt_cfg, sc.rounds)
     algorithm = ALGORITHMS.build(
         {"name": name, **alg_kwargs},
         "algorithm",
@@ -95,12 +102,7 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         optimizer=optimizer,
     )
     topology = build_topology(dict(sc.topology), n, sc.seed, kernel=sc.execution.kernel)
-    if algorithm.rounds.static_graph and topology.info.get("dynamic"):
-        raise ScenarioError(
-            "topology.name",
-            f"algorithm '{name}' needs a static graph (it keeps running sums of "
-            f"W x); '{sc.topology['name']}' changes every round",
-        )
+    check_graph(algorithm.rounds, topology, name, sc.topology["name"])
 
     def runtime(strategy: tuple[str, int | None]):
         lifted = lambda fn: lift(fn, *strategy)
@@ -113,11 +115,12 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
     spec, chunk, evaluate = runtime(strategy)
     params = init_params(model, fed.input_shape, root_key(sc.seed))
     keys = jax.random.split(root_key(sc.seed + 1), n)
-    one = jax.eval_shape(algorithm.init, params, keys[0])
-    estimate = StateEstimate(n, tree_bytes(params), tree_bytes(one))
+    init = jax.jit(functools.partial(init_state, spec, sc.seed))
+    stack = lambda p: jnp.broadcast_to(p, (n,) + p.shape)  # noqa: E731
+    shapes = jax.eval_shape(init, jax.tree.map(stack, params), keys, topology.data)
+    estimate = StateEstimate(n, tree_bytes(params), tree_bytes(shapes) // n)
     with out_of_memory_guard(estimate):
-        stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
-        state = jax.jit(jax.vmap(algorithm.init))(stacked, keys)
+        state = init(jax.tree.map(stack, params), keys, topology.data)
         data = _device(PeerData(*fed.train))
         eval_data = _eval_data(fed, sc.evaluation.test_samples, sc.seed)
     sizes = fed.train.size.astype(np.float32)
@@ -138,6 +141,29 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         estimate=estimate,
         runtime=runtime,
     )
+
+
+def check_graph(rounds, topology, algorithm: str, graph: str) -> None:
+    """A one-line ScenarioError if the graph is not one the algorithm can run on."""
+    if (rounds.static_graph or rounds.undirected) and topology.info.get("dynamic"):
+        raise ScenarioError(
+            "topology.name",
+            f"algorithm '{algorithm}' needs a static graph (it keeps state per "
+            f"neighbour or running sums of W x); '{graph}' changes every round",
+        )
+    if rounds.undirected and not _undirected(topology.W):
+        raise ScenarioError(
+            "topology.name",
+            f"algorithm '{algorithm}' keeps a dual per edge and needs every edge "
+            f"both ways; '{graph}' is directed (use an undirected graph)",
+        )
+
+
+def _undirected(W) -> bool:
+    if W is None:
+        return False
+    pattern = sp.csr_array(W) != 0
+    return (pattern != pattern.T).nnz == 0
 
 
 def _device(tree):

@@ -7,6 +7,8 @@ in front. The L2 term ``l2/2 ||p||^2`` belongs to the loss (workbench.objective)
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import optax
 
 from workbench.registry import Registry
@@ -65,6 +67,16 @@ def adamw(learning_rate, momentum: float, nesterov: bool):
     return optax.adamw(learning_rate, b1=momentum or 0.9, weight_decay=0.0)
 
 
+def learning_rate(
+    lr: float = 0.1, *, schedule: dict | None = None, total_steps: int = 1, **_: Any
+) -> optax.Schedule:
+    """The step size at each optimizer step (the scenario's lr and schedule)."""
+    schedule = dict(schedule or {"name": "constant"})
+    return SCHEDULES.build(
+        schedule, "algorithm.schedule", lr=lr, total_steps=total_steps
+    )
+
+
 def make_optimizer(
     name: str = "sgd",
     *,
@@ -77,10 +89,7 @@ def make_optimizer(
     total_steps: int = 1,
 ) -> optax.GradientTransformation:
     """The local optimizer: clip -> decoupled weight decay -> base(schedule)."""
-    schedule = dict(schedule or {"name": "constant"})
-    lr_fn = SCHEDULES.build(
-        schedule, "algorithm.schedule", lr=lr, total_steps=total_steps
-    )
+    lr_fn = learning_rate(lr, schedule=schedule, total_steps=total_steps)
     base = OPTIMIZERS.lookup(name, "algorithm.optimizer")(lr_fn, momentum, nesterov)
     parts = []
     if clip:
@@ -88,3 +97,29 @@ def make_optimizer(
     if weight_decay:
         parts.append(optax.add_decayed_weights(weight_decay))
     return optax.chain(*parts, base) if parts else base
+
+
+class LocalOptimizer(NamedTuple):
+    """What algorithm builders get as ``optimizer``: the scenario's optimizer keys.
+
+    ``optimizer(steps_per_round)`` is the optax chain; ``learning_rate`` the
+    step size schedule, for algorithms whose closed-form steps need it
+    (edge-consensus learning: alpha = lr).
+    """
+
+    config: dict  # make_optimizer's keyword arguments (name, lr, ..., schedule)
+    rounds: int  # rounds of the run (schedules span rounds x steps per round)
+
+    def __call__(self, steps_per_round: int) -> optax.GradientTransformation:
+        return make_optimizer(**self.config, total_steps=self.total(steps_per_round))
+
+    def learning_rate(self, steps_per_round: int) -> optax.Schedule:
+        return learning_rate(**self.config, total_steps=self.total(steps_per_round))
+
+    def total(self, steps_per_round: int) -> int:
+        return self.rounds * steps_per_round
+
+
+def local_optimizer(lr: float, rounds: int = 1, **config) -> LocalOptimizer:
+    """A LocalOptimizer from ``make_optimizer`` keywords (``name`` defaults to sgd)."""
+    return LocalOptimizer({"lr": lr, **config}, rounds)

@@ -172,6 +172,19 @@ def make_phases(spec: RoundSpec, seed: int) -> Phases:
     return Phases(select, topology, local, exchange, combine, resend)
 
 
+def init_state(spec: RoundSpec, seed: int, params, keys, topo_data):
+    """The stacked initial state: ``alg.init`` per peer (params, keys (n, ...)).
+
+    An algorithm with ``init_topology`` (per-edge state, padded to the table's
+    width) also gets its peer's view of round 0's graph.
+    """
+    alg = spec.algorithm
+    if not alg.init_topology:
+        return jax.vmap(alg.init)(params, keys)
+    _, _, view = make_phases(spec, seed).topology(topo_data, jnp.int32(0))
+    return jax.vmap(alg.init)(params, keys, view)
+
+
 def _taker(peers: jax.Array) -> Callable:
     return lambda tree: jax.tree.map(lambda a: a[peers], tree)
 

@@ -4,7 +4,7 @@ An algorithm is written for ONE peer; the engine lifts it over the peer axis.
 Peers interact only through an exchange (workbench.comm.exchange) between
 ``local`` and ``combine``:
 
-    init(params, key)                      -> state
+    init(params, key[, topo])              -> state  (topo: ``init_topology``)
     local(state, batches, topo, key)       -> state, outbox  (no communication)
     combine(state, inbox, topo)            -> state          (uses what was sent)
     resend(state, topo)                    -> outbox         (between gossip steps)
@@ -41,6 +41,7 @@ class RoundStructure(NamedTuple):
     weighting: Literal["uniform", "data_size"] = "uniform"  # server-mean weights
     gossip_steps: int = 1  # exchange + combine repetitions per round
     static_graph: bool = False  # needs the same W every round (running sums of W x)
+    undirected: bool = False  # needs every edge both ways (per-edge duals)
 
 
 class PeerTopo(NamedTuple):
@@ -70,6 +71,7 @@ class Algorithm(NamedTuple):
     resend: Callable | None = None  # (state, topo) -> outbox; gossip_steps > 1
     message: Callable | None = None  # (outbox, sender, receiver, key); edge only
     uses_topology: bool = False  # whether local/combine read ``topo``
+    init_topology: bool = False  # init(params, key, topo): state sized by the graph
 
 
 def local_steps(

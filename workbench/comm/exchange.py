@@ -20,7 +20,10 @@ Entries:
 - ``edge``: like ``gather``, but each message is made by the sender for one
   out-edge: ``algorithm.message(outbox_j, j, i, edge_key)``, where
   ``edge_key`` is the same for (i, j) and (j, i) (jraph-style per-edge
-  messages, delivered by a gather over the in-neighbour table).
+  messages, delivered by a gather over the in-neighbour table). A
+  ``PerEdge`` part of the outbox (one value per out-edge, e.g. an edge dual)
+  reaches ``message`` as the receiver's column only. Needs a graph whose
+  edges go both ways (each receiver is in its sender's table).
 - ``server``: every peer receives the weighted mean of the participants'
   outboxes (uniform or data-size weights); the server sends the mean back
   to each participant.
@@ -40,7 +43,7 @@ import jax.numpy as jnp
 from workbench.algorithms.base import Inbox
 from workbench.comm.arrays import Dense, KernelArrays, Mean, Roll, Segment, Table
 from workbench.comm.kernels import mix
-from workbench.comm.messages import message_bits, plain
+from workbench.comm.messages import PerEdge, message_bits, plain
 
 
 class Context(NamedTuple):
@@ -150,18 +153,39 @@ def edge_key(key: jax.Array, i, j) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(key, lo), hi)
 
 
+def reverse_columns(table: Table) -> jax.Array:
+    """(n, k) int32: for receiver i and column c (sender j = idx[i, c]), the
+    column of i in j's table (0, j's own column, where i is not there)."""
+    n = table.idx.shape[0]
+    receivers = jnp.arange(n, dtype=table.idx.dtype)[:, None, None]
+    return jnp.argmax(table.idx[table.idx] == receivers, axis=-1).astype(jnp.int32)
+
+
+def _is_per_edge(x) -> bool:
+    return isinstance(x, PerEdge)
+
+
 def _edge_messages(outbox, ctx: Context):
-    """Messages (n, k, ...) made by sender idx[i, c] for receiver i."""
+    """Messages (n, k, ...) made by sender idx[i, c] for receiver i.
+
+    The sender's whole outbox is read, except its ``PerEdge`` parts, of which
+    only the column of the receiver is (one gather, not k copies per edge).
+    """
     n, k = ctx.table.idx.shape
     receivers = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], (n, k))
     senders = ctx.table.idx
+    flat = senders.reshape(-1)
+    cols = reverse_columns(ctx.table).reshape(-1)
 
-    def one(j, i):
-        own = jax.tree.map(lambda x: x[j], outbox)
-        return ctx.message(own, j, i, edge_key(ctx.key, i, j))
+    def pick(x):
+        if _is_per_edge(x):
+            return PerEdge(jax.tree.map(lambda v: v[flat, cols], x.value))
+        return x[flat]
 
-    flat = jax.vmap(one)(senders.reshape(-1), receivers.reshape(-1))
-    return jax.tree.map(lambda x: x.reshape((n, k) + x.shape[1:]), flat)
+    own = jax.tree.map(pick, outbox, is_leaf=_is_per_edge)
+    keys = jax.vmap(edge_key, (None, 0, 0))(ctx.key, receivers.reshape(-1), flat)
+    made = jax.vmap(ctx.message)(own, flat, receivers.reshape(-1), keys)
+    return jax.tree.map(lambda x: x.reshape((n, k) + x.shape[1:]), made)
 
 
 def _deliver_edge(messages, ctx: Context):

@@ -3,6 +3,12 @@
 An outbox is any pytree. A part wrapped in :class:`Coded` (what a compressor
 produces) costs the bits it reports; any other leaf costs its size times the
 bits of its dtype. Receivers only ever see the values (``plain``).
+
+For the ``edge`` exchange, a part wrapped in :class:`PerEdge` holds one value
+per out-edge of the sender (leaves (k, ...), column c for the neighbour in
+column c of the sender's table): the message function sees only the column of
+the receiver. A message that an edge's schedule does not send this round is
+``sent_if(message, False)``: it costs 0 bits (the receiver must ignore it).
 """
 
 from __future__ import annotations
@@ -20,6 +26,19 @@ class Coded(NamedTuple):
 
     value: PyTree  # what the receiver reconstructs
     bits: jax.Array  # () exact bits sent (values, indices, scales)
+
+
+class PerEdge(NamedTuple):
+    """Per-out-edge values in an outbox (``edge`` exchange only)."""
+
+    value: PyTree  # leaves (k, ...): column c is for the sender's table column c
+
+
+def sent_if(message: PyTree, sent) -> Coded:
+    """``message`` costing its full size if ``sent`` (a () bool), else 0 bits."""
+    values = plain(message)
+    bits = message_bits(values, batch_dims=0)
+    return Coded(values, jnp.where(sent, bits, 0.0))
 
 
 def _is_coded(x) -> bool:

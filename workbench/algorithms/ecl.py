@@ -1,0 +1,303 @@
+"""Edge-consensus learning: stochastic linearized PDMM / ADMM (Niwa et al., KDD 2020)
+and its ISVR form (Niwa et al., ICML 2021), the optimizers of the ETRI P2P seed.
+
+Peer i keeps, per edge {i, j} (a column of its table, edges.py): the last
+dual it received z_{i|j} (starts at 0), for the ADMM forms an averaged dual
+zbar_{i|j} (starts as a copy of the initial model, as the seed does), and,
+when rho > 0, the neighbour's last model xhat_j (starts as the initial
+model). With alpha the step size (``algorithm.lr`` and its schedule: the
+seed's mu = 1/alpha = 200 is lr 0.005), g_i the stochastic gradient and
+d_i the degree, one step is
+
+    x_i <- (x_i/alpha - g_i + eta sum_j A_{i|j} zc_{i|j} + rho sum_j xhat_j)
+           / (1/alpha + (eta + rho) d_i)
+    y_{i|j} = z_{i|j} - 2 A_{i|j} x_i                    (the dual sent to j)
+
+with zc = z (PDMM: on receipt z_{j|i} <- y_{i|j}, a swap) or zc = zbar
+(ADMM: on receipt zbar_{j|i} <- (zbar_{j|i} + y_{i|j}) / 2 as well). Written
+as a step of the local optax optimizer, x_i <- (x_i + u_i + alpha (eta sum A zc
++ rho sum xhat)) / (1 + alpha (eta + rho) d_i) with u_i the optimizer's update
+for g_i: exactly the formula above for plain SGD (u = -alpha g); momentum or
+Adam act on the gradient part. At a fixed point x_i = x_j on every edge and
+sum_i g_i = 0.
+
+Exchanges follow an edge schedule (edges.py): edge {i, j} swaps (y, and x
+when rho > 0) once every ``interval`` = R steps, all edges together at the
+end of each R steps, or, with ``round_robin``, at the step whose residue mod R
+is the edge's phase. A step is a round; a round where an edge is not
+scheduled sends nothing on it (0 bytes).
+
+ISVR (``pdmm_isvr``, ``admm_isvr``): rho = 0 and eta = piw / (alpha (R d_i + R
+- piw d_i)), piw in {0.5, 1, 2}, round-robin by default; ``use_gcoef`` scales
+the gradient by 1 - alpha eta d_i (R/piw - 1).
+
+Options as in the seed's code: ``fan_in_scaling`` multiplies eta and rho per
+tensor by sqrt(fan_in) (a kernel's inputs; a bias or norm offset takes its
+layer's value), ``degree_normalized`` divides them by d_i.
+
+Special cases (tested): with eta = rho = 0, or an isolated peer, a step is
+the local optimizer's step. With zero duals and R = 1 the first step is the
+optimizer's step shrunk by 1/(1 + alpha (eta + rho) d_i) towards
+alpha rho sum_j x0_j; a peer then receives z_{i|j} = 2 A_{i|j} x_j, so the
+second PDMM step is x_i <- (x_i + u_i + alpha ((2 eta + rho) sum_j x_j))
+/ (1 + alpha (eta + rho) d_i): D-SGD-like mixing with the neighbours.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from typing import Annotated, Literal, NamedTuple
+
+import annotated_types
+import jax
+import jax.numpy as jnp
+import optax
+
+from workbench.algorithms.base import Algorithm, LossFn, PyTree, RoundStructure
+from workbench.algorithms.edges import (
+    column_sum,
+    edge_phase,
+    per_column,
+    scheduled,
+    signs,
+    stack_columns,
+    where_columns,
+)
+from workbench.algorithms.registry import ALGORITHMS
+from workbench.comm.messages import PerEdge, sent_if
+from workbench.errors import ScenarioError
+
+Duals = Literal["swap", "average"]
+
+
+class ECLState(NamedTuple):
+    params: PyTree  # leaves (...) per peer; (n, ...) stacked: x_i
+    opt_state: PyTree  # the local optimizer's state, like params
+    z: PyTree  # leaves (k, ...): last received dual z_{i|j} per table column
+    zbar: PyTree  # leaves (k, ...): averaged duals (duals 'average'); else None
+    xhat: PyTree  # leaves (k, ...): neighbours' last models (rho > 0); else None
+    step: jax.Array  # () int32 steps (rounds) done
+    loss: jax.Array  # () training loss of the last step
+
+
+class ECLOutbox(NamedTuple):
+    y: PerEdge  # leaves (k, ...): y_{i|j} per table column
+    x: PyTree  # like params (rho > 0), else None
+    step: jax.Array  # () int32 the step this outbox was made at
+
+
+def fan_in(params) -> PyTree:
+    """Per leaf, the layer's fan-in: prod(kernel.shape[:-1]); a norm scale its
+    size; a bias (or any other leaf) its module's kernel/scale value, else its size."""
+
+    def own(leaf) -> float:
+        return float(math.prod(leaf.shape[:-1]) if leaf.ndim > 1 else leaf.size)
+
+    def walk(tree):
+        if not isinstance(tree, Mapping):
+            return own(tree)
+        layer = next(
+            (
+                own(v)
+                for k, v in tree.items()
+                if k in ("kernel", "scale") and not isinstance(v, Mapping)
+            ),
+            None,
+        )
+        return {
+            k: walk(v)
+            if isinstance(v, Mapping) or layer is None
+            else (own(v) if k in ("kernel", "scale") else layer)
+            for k, v in tree.items()
+        }
+
+    return type(params)(walk(params)) if isinstance(params, Mapping) else walk(params)
+
+
+def ecl(
+    loss_fn: LossFn,
+    local_opt: optax.GradientTransformation,
+    step_size: optax.Schedule,
+    *,
+    duals: Duals = "swap",
+    eta: float = 1.0,
+    rho: float = 0.1,
+    interval: int = 10,
+    round_robin: bool = False,
+    piw: float | None = None,
+    use_gcoef: bool = False,
+    fan_in_scaling: bool = False,
+    degree_normalized: bool = False,
+) -> Algorithm:
+    """ECL (``piw`` None) or ECL-ISVR (``piw`` set: eta from piw, rho = 0)."""
+    rho = 0.0 if piw is not None else rho
+    keep_models = rho > 0
+
+    def init(params, key, topo):
+        del key
+        k = topo.idx.shape[0]
+        z = stack_columns(jax.tree.map(jnp.zeros_like, params), k)
+        zbar = stack_columns(params, k) if duals == "average" else None
+        xhat = stack_columns(params, k) if keep_models else None
+        zero = jnp.zeros((), jnp.int32)
+        return ECLState(
+            params, local_opt.init(params), z, zbar, xhat, zero, jnp.zeros(())
+        )
+
+    def coefficients(params, d, alpha):
+        """Per leaf (eta_i, rho_i): the penalties after the options."""
+        if piw is None:
+            base = jnp.asarray(eta, d.dtype)
+        else:
+            base = piw / (alpha * (interval * d + interval - piw * d))
+        scale = 1.0 / jnp.maximum(d, 1.0) if degree_normalized else 1.0
+        sizes = fan_in(params) if fan_in_scaling else jax.tree.map(lambda _: 1, params)
+        etas = jax.tree.map(lambda v: base * scale * math.sqrt(v), sizes)
+        rhos = jax.tree.map(lambda v: rho * scale * math.sqrt(v), sizes)
+        return etas, rhos
+
+    def local(state, batches, topo, key):
+        del key
+        batch = jax.tree.map(lambda b: b[0], batches)
+        loss, g = jax.value_and_grad(loss_fn)(state.params, batch)
+        alpha = step_size(state.step)
+        d = topo.degree.astype(jnp.result_type(float))
+        etas, rhos = coefficients(state.params, d, alpha)
+        if use_gcoef:
+            g = jax.tree.map(
+                lambda gi, e: gi * (1 - alpha * e * d * (interval / piw - 1)), g, etas
+            )
+        u, opt_state = local_opt.update(g, state.opt_state, state.params)
+        a = signs(topo) * topo.mask
+        cons = column_sum(state.zbar if duals == "average" else state.z, a)
+        prox = column_sum(state.xhat, topo.mask) if keep_models else None
+
+        def step(x, ui, ci, e, r, pi=None):
+            pull = e * ci + (r * pi if pi is not None else 0.0)
+            return (x + ui + alpha * pull) / (1 + alpha * (e + r) * d)
+
+        if keep_models:
+            x = jax.tree.map(step, state.params, u, cons, etas, rhos, prox)
+        else:
+            x = jax.tree.map(step, state.params, u, cons, etas, rhos)
+        y = jax.tree.map(
+            lambda z, p: z - per_column(stack_columns(p, z.shape[0]), 2 * signs(topo)),
+            state.z,
+            x,
+        )
+        new = state._replace(params=x, opt_state=opt_state, loss=loss)
+        return new, ECLOutbox(PerEdge(y), x if keep_models else None, state.step)
+
+    def message(outbox, sender, receiver, key):
+        del key
+        phase = edge_phase(sender, receiver, interval, round_robin)
+        return sent_if((outbox.y.value, outbox.x), outbox.step % interval == phase)
+
+    def combine(state, inbox, topo):
+        y, x = inbox.messages
+        now = scheduled(topo, state.step, interval, round_robin)
+        z = where_columns(now, y, state.z)
+        zbar = state.zbar
+        if duals == "average":
+            avg = jax.tree.map(lambda a, b: (a + b) / 2, state.zbar, z)
+            zbar = where_columns(now, avg, state.zbar)
+        xhat = where_columns(now, x, state.xhat) if keep_models else None
+        return state._replace(z=z, zbar=zbar, xhat=xhat, step=state.step + 1)
+
+    rounds = RoundStructure(local_steps=1, static_graph=True, undirected=True)
+    return Algorithm(
+        init,
+        local,
+        combine,
+        "edge",
+        rounds,
+        message=message,
+        uses_topology=True,
+        init_topology=True,
+    )
+
+
+NonNegative = Annotated[float, annotated_types.Ge(0)]
+Interval = Annotated[int, annotated_types.Ge(1)]
+PIW = (0.5, 1.0, 2.0)
+
+
+def _step_size(optimizer) -> optax.Schedule:
+    """alpha: the scenario's lr and schedule, one step per round."""
+    return optimizer.learning_rate(1)
+
+
+@ALGORITHMS.register("pdmm_sgd")
+def _pdmm_sgd(
+    loss_fn,
+    optimizer,
+    *,
+    eta: NonNegative = 1.0,
+    rho: NonNegative = 0.1,
+    interval: Interval = 10,
+    round_robin: bool = False,
+    fan_in_scaling: bool = False,
+    degree_normalized: bool = False,
+    duals: Duals = "swap",
+) -> Algorithm:
+    return ecl(
+        loss_fn,
+        optimizer(1),
+        _step_size(optimizer),
+        duals=duals,
+        eta=eta,
+        rho=rho,
+        interval=interval,
+        round_robin=round_robin,
+        fan_in_scaling=fan_in_scaling,
+        degree_normalized=degree_normalized,
+    )
+
+
+def _averaging(builder):
+    """``builder`` with ``duals='average'`` fixed (the ADMM form), same keys."""
+
+    def build(loss_fn, optimizer, **options) -> Algorithm:
+        return builder(loss_fn, optimizer, **options, duals="average")
+
+    signature = inspect.signature(builder, eval_str=True)
+    params = [p for name, p in signature.parameters.items() if name != "duals"]
+    build.__signature__ = signature.replace(parameters=params)
+    return build
+
+
+ALGORITHMS.register("admm_sgd")(_averaging(_pdmm_sgd))
+
+
+@ALGORITHMS.register("pdmm_isvr")
+def _pdmm_isvr(
+    loss_fn,
+    optimizer,
+    *,
+    piw: float = 1.0,
+    interval: Interval = 10,
+    use_gcoef: bool = False,
+    round_robin: bool = True,
+    fan_in_scaling: bool = False,
+    degree_normalized: bool = False,
+    duals: Duals = "swap",
+) -> Algorithm:
+    if piw not in PIW:
+        raise ScenarioError("algorithm.piw", f"must be one of {PIW}, got {piw}")
+    return ecl(
+        loss_fn,
+        optimizer(1),
+        _step_size(optimizer),
+        duals=duals,
+        interval=interval,
+        round_robin=round_robin,
+        piw=piw,
+        use_gcoef=use_gcoef,
+        fan_in_scaling=fan_in_scaling,
+        degree_normalized=degree_normalized,
+    )
+
+
+ALGORITHMS.register("admm_isvr")(_averaging(_pdmm_isvr))
