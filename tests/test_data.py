@@ -587,3 +587,21 @@ def test_sources_match_loader_layout():
         for s in sources:
             assert s.url.startswith(("https://", "http://"))
             assert len(s.md5 or "") == 32 and int(s.md5, 16) >= 0
+
+
+def test_class_subsets_give_three_peers_eight_classes_each():
+    labels = np.repeat(np.arange(10), 30)
+    parts = run_partition({"name": "class_subsets", "classes": 8}, labels, 3)
+    held = [sorted(np.unique(labels[p]).tolist()) for p in parts]
+    assert held == [
+        [0, 1, 2, 3, 4, 5, 6, 7],
+        [0, 3, 4, 5, 6, 7, 8, 9],
+        [0, 1, 2, 3, 6, 7, 8, 9],
+    ]
+    # class 0 is held by all three (10 each), class 1 by two (15 each)
+    counts = [np.bincount(labels[p], minlength=10) for p in parts]
+    assert [c[0] for c in counts] == [10, 10, 10]
+    assert [c[1] for c in counts] == [15, 0, 15]
+    assert sum(len(p) for p in parts) == 300
+    with pytest.raises(ScenarioError, match="must be in 1..10"):
+        run_partition({"name": "class_subsets", "classes": 11}, labels, 3)

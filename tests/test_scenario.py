@@ -21,7 +21,7 @@ from workbench.scenario import (
     scenario_to_dict,
 )
 
-SCENARIOS = sorted((Path(__file__).parents[1] / "scenarios").glob("*.yaml"))
+SCENARIOS = sorted((Path(__file__).parents[1] / "scenarios").rglob("*.yaml"))
 
 BASE = {
     "name": "t",
@@ -348,7 +348,7 @@ def test_optimizer_keys_are_validated_in_place():
     assert isinstance(s.algorithm, FrozenDict)
 
 
-@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_scenario_file_dumps_and_reloads_exactly(tmp_path, path):
     s = load_scenario(path)
     text = dump_scenario(s)

@@ -45,6 +45,22 @@ def step(
     return optax.piecewise_constant_schedule(lr, {int(b): factor for b in boundaries})
 
 
+@SCHEDULES.register("exponential")
+def exponential(
+    lr: float,
+    total_steps: int,
+    *,
+    transition_steps: int,
+    decay_rate: float,
+    staircase: bool = True,
+) -> optax.Schedule:
+    """lr * decay_rate ** (step / transition_steps); staircase: PyTorch's StepLR."""
+    del total_steps
+    return optax.exponential_decay(
+        lr, transition_steps, decay_rate, staircase=staircase
+    )
+
+
 @OPTIMIZERS.register("sgd")
 def sgd(learning_rate, momentum: float, nesterov: bool):
     return optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)

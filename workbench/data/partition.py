@@ -12,6 +12,9 @@ scenario section ``data.partition`` names one: ``{name: dirichlet, alpha: 0.1}``
 - ``shards``: sort by label, cut into ``n k`` shards, deal ``k`` to each peer
   (McMahan et al. 2017).
 - ``unbalanced``: iid labels, sizes proportional to ``lognormal(0, sigma)``.
+- ``class_subsets``: peer i holds ``classes`` of the C classes, the window
+  starting at class i * floor(C / n) (wrapping); each class is split evenly
+  among the peers holding it (the ETRI seed: 3 peers, 8 of 10 classes each).
 - ``natural``: the dataset's own groups (FEMNIST writers, Synthetic users),
   dealt round-robin to peers.
 """
@@ -127,6 +130,29 @@ def unbalanced(labels, num_peers, rng, groups, sigma: float = 1.0) -> list[np.nd
     _need(sigma >= 0, "sigma", f"must be >= 0, got {sigma}")
     sizes = lognormal_sizes(len(labels), num_peers, sigma, rng)
     return np.split(rng.permutation(len(labels)), np.cumsum(sizes)[:-1])
+
+
+@PARTITIONERS.register("class_subsets")
+def class_subsets(labels, num_peers, rng, groups, classes: int = 8) -> list[np.ndarray]:
+    """Peer i: classes (i * floor(C / n) + c) mod C, c < ``classes``."""
+    del groups
+    _check_peers(labels, num_peers)
+    kinds = np.unique(labels)
+    C = len(kinds)
+    _need(
+        1 <= classes <= C, "classes", f"must be in 1..{C} (the classes), got {classes}"
+    )
+    start = np.arange(num_peers) * (C // num_peers)
+    holds = [kinds[(s + np.arange(classes)) % C] for s in start]
+    parts = [[] for _ in range(num_peers)]
+    for c in kinds:
+        owners = [p for p in range(num_peers) if c in holds[p]]
+        if not owners:
+            continue
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        for peer, chunk in zip(owners, np.array_split(idx, len(owners)), strict=True):
+            parts[peer].append(chunk)
+    return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
 
 
 @PARTITIONERS.register("natural")
