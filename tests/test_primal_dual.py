@@ -205,3 +205,31 @@ def test_fan_in_of_a_dense_and_a_conv_layer():
         "GroupNorm_0": {"scale": 8.0, "bias": 8.0},
         "Dense_0": {"kernel": 72.0, "bias": 72.0},
     }
+
+
+def test_fan_in_scaling_and_degree_normalization_scale_the_penalties():
+    """eta and rho x sqrt(fan_in) / d: a kernel of 9 inputs on a ring (d = 2)."""
+    alpha, eta, rho, d = 0.1, 0.5, 0.2, 2
+
+    def loss(params, batch):
+        a, b = batch.x[:, 0], batch.x[:, 1]
+        sq = jnp.sum((params["layer"]["kernel"] - 0.0) ** 2)
+        return jnp.mean(0.5 * a * (sq - 2 * b * jnp.sum(params["layer"]["kernel"])))
+
+    alg = ecl(
+        loss,
+        optax.sgd(alpha),
+        optax.constant_schedule(alpha),
+        eta=eta,
+        rho=rho,
+        interval=1,
+        fan_in_scaling=True,
+        degree_normalized=True,
+    )
+    x0 = {"layer": {"kernel": jnp.ones((N, 9, 1))}}
+    state, _ = run(alg, quadratic_data(A_Q, B_Q), ring_weights(N), 1, x0)
+    e, r = eta * 3 / d, rho * 3 / d
+    g = A_Q * (1.0 - B_Q)  # d loss / d kernel entry at 1
+    x1 = (1.0 - alpha * g + alpha * r * d * 1.0) / (1 + alpha * (e + r) * d)
+    got = np.asarray(state.params["layer"]["kernel"])
+    np.testing.assert_allclose(got, np.broadcast_to(x1[:, None, None], got.shape))

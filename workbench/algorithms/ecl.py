@@ -55,11 +55,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from workbench.algorithms.base import Algorithm, LossFn, PyTree, RoundStructure
+from workbench.algorithms.base import (
+    Algorithm,
+    LossFn,
+    PyTree,
+    RoundStructure,
+    mean_gradient,
+)
 from workbench.algorithms.edges import (
     column_sum,
     edge_phase,
-    per_column,
+    outer,
     scheduled,
     signs,
     stack_columns,
@@ -160,8 +166,7 @@ def ecl(
 
     def local(state, batches, topo, key):
         del key
-        batch = jax.tree.map(lambda b: b[0], batches)
-        loss, g = jax.value_and_grad(loss_fn)(state.params, batch)
+        loss, g = mean_gradient(loss_fn, state.params, batches)
         alpha = step_size(state.step)
         d = topo.degree.astype(jnp.result_type(float))
         etas, rhos = coefficients(state.params, d, alpha)
@@ -182,11 +187,7 @@ def ecl(
             x = jax.tree.map(step, state.params, u, cons, etas, rhos, prox)
         else:
             x = jax.tree.map(step, state.params, u, cons, etas, rhos)
-        y = jax.tree.map(
-            lambda z, p: z - per_column(stack_columns(p, z.shape[0]), 2 * signs(topo)),
-            state.z,
-            x,
-        )
+        y = jax.tree.map(jnp.subtract, state.z, outer(2 * signs(topo), x))
         new = state._replace(params=x, opt_state=opt_state, loss=loss)
         return new, ECLOutbox(PerEdge(y), x if keep_models else None, state.step)
 

@@ -29,7 +29,7 @@ from workbench.algorithms.edges import (
     Solver,
     check_solver,
     column_sum,
-    per_column,
+    outer,
     signs,
     solve,
     stack_columns,
@@ -71,11 +71,7 @@ def pdmm(
         x, opt_state, loss = solve(
             solver, loss_fn, inner, state.params, state.opt_state, batches, linear, quad
         )
-        y = jax.tree.map(
-            lambda z, p: z + per_column(stack_columns(p, z.shape[0]), 2 * c * a),
-            state.z,
-            x,
-        )
+        y = jax.tree.map(jnp.add, state.z, outer(2 * c * a, x))
         new = state._replace(params=x, opt_state=opt_state, loss=loss)
         return new, PerEdge(y)
 
