@@ -50,6 +50,7 @@ def test_catalog_lists_every_kind_with_a_heading_in_order():
 def test_entries_show_keyword_arguments_defaults_and_types():
     text = catalog()
     assert _block(text, "partitions") == [
+        "  class_subsets(classes: int = 8)",
         "  dirichlet(alpha: float = 0.5, min_size: int = 1)",
         "  iid",
         "  natural",
@@ -59,6 +60,11 @@ def test_entries_show_keyword_arguments_defaults_and_types():
     algorithms = _block(text, "algorithms")
     assert "  dsgd(order: 'atc'|'cta' = 'atc', local_steps: int = 1)" in algorithms
     assert any(line.startswith("  fedavg(local_steps: int = 1,") for line in algorithms)
+    assert (
+        "  admm_sgd(eta: float>=0 = 1.0, rho: float>=0 = 0.1, interval: int>=1 = 10, "
+        "round_robin: bool = False, fan_in_scaling: bool = False, "
+        "degree_normalized: bool = False)"
+    ) in algorithms
     topologies = _block(text, "topologies")
     assert "  ring(weights: str = 'metropolis', lazy: bool = False)" in topologies
     assert "  peer_sampler(d: int = 4)" in topologies

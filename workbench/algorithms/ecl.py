@@ -230,8 +230,7 @@ def _step_size(optimizer) -> optax.Schedule:
     return optimizer.learning_rate(1)
 
 
-@ALGORITHMS.register("pdmm_sgd")
-def _pdmm_sgd(
+def _ecl_sgd(
     loss_fn,
     optimizer,
     *,
@@ -241,7 +240,7 @@ def _pdmm_sgd(
     round_robin: bool = False,
     fan_in_scaling: bool = False,
     degree_normalized: bool = False,
-    duals: Duals = "swap",
+    duals: Duals,
 ) -> Algorithm:
     return ecl(
         loss_fn,
@@ -257,11 +256,11 @@ def _pdmm_sgd(
     )
 
 
-def _averaging(builder):
-    """``builder`` with ``duals='average'`` fixed (the ADMM form), same keys."""
+def _with_duals(builder, duals: Duals):
+    """``builder`` with ``duals`` fixed: the PDMM ('swap') or ADMM ('average') form."""
 
     def build(loss_fn, optimizer, **options) -> Algorithm:
-        return builder(loss_fn, optimizer, **options, duals="average")
+        return builder(loss_fn, optimizer, **options, duals=duals)
 
     signature = inspect.signature(builder, eval_str=True)
     params = [p for name, p in signature.parameters.items() if name != "duals"]
@@ -269,11 +268,11 @@ def _averaging(builder):
     return build
 
 
-ALGORITHMS.register("admm_sgd")(_averaging(_pdmm_sgd))
+ALGORITHMS.register("pdmm_sgd")(_with_duals(_ecl_sgd, "swap"))
+ALGORITHMS.register("admm_sgd")(_with_duals(_ecl_sgd, "average"))
 
 
-@ALGORITHMS.register("pdmm_isvr")
-def _pdmm_isvr(
+def _ecl_isvr(
     loss_fn,
     optimizer,
     *,
@@ -283,7 +282,7 @@ def _pdmm_isvr(
     round_robin: bool = True,
     fan_in_scaling: bool = False,
     degree_normalized: bool = False,
-    duals: Duals = "swap",
+    duals: Duals,
 ) -> Algorithm:
     if piw not in PIW:
         raise ScenarioError("algorithm.piw", f"must be one of {PIW}, got {piw}")
@@ -301,4 +300,5 @@ def _pdmm_isvr(
     )
 
 
-ALGORITHMS.register("admm_isvr")(_averaging(_pdmm_isvr))
+ALGORITHMS.register("pdmm_isvr")(_with_duals(_ecl_isvr, "swap"))
+ALGORITHMS.register("admm_isvr")(_with_duals(_ecl_isvr, "average"))
