@@ -59,11 +59,11 @@ from workbench.algorithms.base import (
     Algorithm,
     LossFn,
     PyTree,
-    RoundStructure,
     mean_gradient,
 )
 from workbench.algorithms.edges import (
     column_sum,
+    edge_algorithm,
     edge_phase,
     outer,
     scheduled,
@@ -207,17 +207,7 @@ def ecl(
         xhat = where_columns(now, x, state.xhat) if keep_models else None
         return state._replace(z=z, zbar=zbar, xhat=xhat, step=state.step + 1)
 
-    rounds = RoundStructure(local_steps=1, static_graph=True, undirected=True)
-    return Algorithm(
-        init,
-        local,
-        combine,
-        "edge",
-        rounds,
-        message=message,
-        uses_topology=True,
-        init_topology=True,
-    )
+    return edge_algorithm(init, local, combine, message, 1)
 
 
 NonNegative = Annotated[float, annotated_types.Ge(0)]

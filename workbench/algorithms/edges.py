@@ -33,7 +33,12 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from workbench.algorithms.base import PeerTopo, local_steps
+from workbench.algorithms.base import (
+    Algorithm,
+    PeerTopo,
+    RoundStructure,
+    local_steps,
+)
 from workbench.errors import ScenarioError
 
 Solver = Literal["newton", "sgd"]
@@ -103,6 +108,22 @@ def where_columns(cond: jax.Array, new, old):
         lambda a, b: jnp.where(cond.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
         new,
         old,
+    )
+
+
+def edge_algorithm(init, local, combine, message, steps: int = 1) -> Algorithm:
+    """An algorithm with per-edge state: ``edge`` exchange, static undirected graph,
+    its state sized by round 0's graph."""
+    rounds = RoundStructure(local_steps=steps, static_graph=True, undirected=True)
+    return Algorithm(
+        init,
+        local,
+        combine,
+        "edge",
+        rounds,
+        message=message,
+        uses_topology=True,
+        init_topology=True,
     )
 
 

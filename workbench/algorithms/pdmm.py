@@ -24,11 +24,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from workbench.algorithms.base import Algorithm, LossFn, PyTree, RoundStructure
+from workbench.algorithms.base import Algorithm, LossFn, PyTree
 from workbench.algorithms.edges import (
     Solver,
     check_solver,
     column_sum,
+    edge_algorithm,
     outer,
     signs,
     solve,
@@ -85,17 +86,7 @@ def pdmm(
         )
         return state._replace(z=where_columns(topo.mask, mixed, state.z))
 
-    rounds = RoundStructure(local_steps=steps, static_graph=True, undirected=True)
-    return Algorithm(
-        init,
-        local,
-        combine,
-        "edge",
-        rounds,
-        message=message,
-        uses_topology=True,
-        init_topology=True,
-    )
+    return edge_algorithm(init, local, combine, message, steps)
 
 
 @ALGORITHMS.register("pdmm")
