@@ -63,7 +63,7 @@ def test_entries_show_keyword_arguments_defaults_and_types():
     assert (
         "  admm_sgd(eta: float>=0 = 1.0, rho: float>=0 = 0.1, interval: int>=1 = 10, "
         "round_robin: bool = False, fan_in_scaling: bool = False, "
-        "degree_normalized: bool = False)"
+        "degree_normalized: bool = False, averaging: 'seed'|'relaxed' = 'seed')"
     ) in algorithms
     topologies = _block(text, "topologies")
     assert "  ring(weights: str = 'metropolis', lazy: bool = False)" in topologies

@@ -164,6 +164,19 @@ def test_admm_form_averages_the_received_duals():
             assert zbar[i, col] == pytest.approx((1.0 + want) / 2, rel=1e-13)
 
 
+def test_relaxed_averaging_halves_the_received_dual():
+    """averaging 'relaxed' (theta = 1/2): z <- (z + y_received) / 2, no zbar."""
+    state, _ = ecl_run(
+        1, eta=0.5, rho=0.0, interval=1, duals="average", averaging="relaxed"
+    )
+    x1, z = np.asarray(state.params), np.asarray(state.z)
+    assert state.zbar is None
+    for i in range(N):
+        for j in ((i - 1) % N, (i + 1) % N):
+            want = (1.0 if i < j else -1.0) * x1[j]  # (0 + 2 A_ij x_j) / 2
+            assert z[i, (j - i) % N] == pytest.approx(want, rel=1e-13)
+
+
 def test_isvr_step_size_and_gradient_coefficient():
     """eta = piw / (alpha (R d + R - piw d)); gcoef = 1 - alpha eta d (R/piw - 1)."""
     alpha, R, piw, d = 0.1, 4, 2.0, 2

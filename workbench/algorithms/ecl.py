@@ -14,7 +14,14 @@ d_i the degree, one step is
     y_{i|j} = z_{i|j} - 2 A_{i|j} x_i                    (the dual sent to j)
 
 with zc = z (PDMM: on receipt z_{j|i} <- y_{i|j}, a swap) or zc = zbar
-(ADMM: on receipt zbar_{j|i} <- (zbar_{j|i} + y_{i|j}) / 2 as well). Written
+(ADMM, ``averaging: seed``, the seed's form: on receipt also
+zbar_{j|i} <- (zbar_{j|i} + z_{j|i}) / 2, while y is still made from z).
+``averaging: relaxed`` is the Douglas-Rachford relaxation instead (PDMM with
+theta = 1/2, as in ``pdmm``): z_{j|i} <- (z_{j|i} + y_{i|j}) / 2 and zc = z.
+The seed's form low-passes the duals the primal step sees but not the ones it
+sends; on a 32-peer ring (scenarios/gt_vs_dsgd.yaml, interval 1) it diverged
+(consensus distance > 1000) where the relaxed form reached 0.972 test
+accuracy. Written
 as a step of the local optax optimizer, x_i <- (x_i + u_i + alpha (eta sum A zc
 + rho sum xhat)) / (1 + alpha (eta + rho) d_i) with u_i the optimizer's update
 for g_i: exactly the formula above for plain SGD (u = -alpha g); momentum or
@@ -76,13 +83,14 @@ from workbench.comm.messages import PerEdge, sent_if
 from workbench.errors import ScenarioError
 
 Duals = Literal["swap", "average"]
+Averaging = Literal["seed", "relaxed"]
 
 
 class ECLState(NamedTuple):
     params: PyTree  # leaves (...) per peer; (n, ...) stacked: x_i
     opt_state: PyTree  # the local optimizer's state, like params
     z: PyTree  # leaves (k, ...): last received dual z_{i|j} per table column
-    zbar: PyTree  # leaves (k, ...): averaged duals (duals 'average'); else None
+    zbar: PyTree  # leaves (k, ...): averaged duals (ADMM, 'seed' form); else None
     xhat: PyTree  # leaves (k, ...): neighbours' last models (rho > 0); else None
     step: jax.Array  # () int32 steps (rounds) done
     loss: jax.Array  # () training loss of the last step
@@ -128,6 +136,7 @@ def ecl(
     step_size: optax.Schedule,
     *,
     duals: Duals = "swap",
+    averaging: Averaging = "seed",
     eta: float = 1.0,
     rho: float = 0.1,
     interval: int = 10,
@@ -140,12 +149,14 @@ def ecl(
     """ECL (``piw`` None) or ECL-ISVR (``piw`` set: eta from piw, rho = 0)."""
     rho = 0.0 if piw is not None else rho
     keep_models = rho > 0
+    seed_average = duals == "average" and averaging == "seed"
+    relaxed = duals == "average" and averaging == "relaxed"
 
     def init(params, key, topo):
         del key
         k = topo.idx.shape[0]
         z = stack_columns(jax.tree.map(jnp.zeros_like, params), k)
-        zbar = stack_columns(params, k) if duals == "average" else None
+        zbar = stack_columns(params, k) if seed_average else None
         xhat = stack_columns(params, k) if keep_models else None
         zero = jnp.zeros((), jnp.int32)
         return ECLState(
@@ -176,7 +187,7 @@ def ecl(
             )
         u, opt_state = local_opt.update(g, state.opt_state, state.params)
         a = signs(topo) * topo.mask
-        cons = column_sum(state.zbar if duals == "average" else state.z, a)
+        cons = column_sum(state.zbar if seed_average else state.z, a)
         prox = column_sum(state.xhat, topo.mask) if keep_models else None
 
         def step(x, ui, ci, e, r, pi=None):
@@ -199,9 +210,11 @@ def ecl(
     def combine(state, inbox, topo):
         y, x = inbox.messages
         now = scheduled(topo, state.step, interval, round_robin)
+        if relaxed:
+            y = jax.tree.map(lambda a, b: (a + b) / 2, state.z, y)
         z = where_columns(now, y, state.z)
         zbar = state.zbar
-        if duals == "average":
+        if seed_average:
             avg = jax.tree.map(lambda a, b: (a + b) / 2, state.zbar, z)
             zbar = where_columns(now, avg, state.zbar)
         xhat = where_columns(now, x, state.xhat) if keep_models else None
@@ -230,6 +243,7 @@ def _ecl_sgd(
     round_robin: bool = False,
     fan_in_scaling: bool = False,
     degree_normalized: bool = False,
+    averaging: Averaging = "seed",
     duals: Duals,
 ) -> Algorithm:
     return ecl(
@@ -237,6 +251,7 @@ def _ecl_sgd(
         optimizer(1),
         _step_size(optimizer),
         duals=duals,
+        averaging=averaging,
         eta=eta,
         rho=rho,
         interval=interval,
@@ -247,13 +262,15 @@ def _ecl_sgd(
 
 
 def _with_duals(builder, duals: Duals):
-    """``builder`` with ``duals`` fixed: the PDMM ('swap') or ADMM ('average') form."""
+    """``builder`` with ``duals`` fixed: the PDMM ('swap') or ADMM ('average') form
+    (only the ADMM form has the ``averaging`` key)."""
 
     def build(loss_fn, optimizer, **options) -> Algorithm:
         return builder(loss_fn, optimizer, **options, duals=duals)
 
+    hidden = ("duals",) if duals == "average" else ("duals", "averaging")
     signature = inspect.signature(builder, eval_str=True)
-    params = [p for name, p in signature.parameters.items() if name != "duals"]
+    params = [p for name, p in signature.parameters.items() if name not in hidden]
     build.__signature__ = signature.replace(parameters=params)
     return build
 
@@ -272,6 +289,7 @@ def _ecl_isvr(
     round_robin: bool = True,
     fan_in_scaling: bool = False,
     degree_normalized: bool = False,
+    averaging: Averaging = "seed",
     duals: Duals,
 ) -> Algorithm:
     if piw not in PIW:
@@ -281,6 +299,7 @@ def _ecl_isvr(
         optimizer(1),
         _step_size(optimizer),
         duals=duals,
+        averaging=averaging,
         interval=interval,
         round_robin=round_robin,
         piw=piw,
