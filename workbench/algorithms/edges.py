@@ -73,11 +73,6 @@ def _column(c: jax.Array, v: jax.Array) -> jax.Array:
     return c.astype(v.dtype).reshape((-1,) + (1,) * (v.ndim - 1))
 
 
-def per_column(values, c: jax.Array):
-    """Each leaf (k, ...) times the (k,) column factor ``c``."""
-    return jax.tree.map(lambda v: v * _column(c, v), values)
-
-
 def column_sum(values, c: jax.Array):
     """sum_c c[c] * values[c] per leaf: (k, ...) -> (...).
 
