@@ -154,11 +154,11 @@ def test_admm_form_averages_the_received_duals():
     """zbar starts at x0; each exchange: zbar <- (zbar + z_received) / 2."""
     state, _ = ecl_run(1, eta=0.5, rho=0.0, interval=1, duals="average")
     x1 = np.asarray(state.params)
-    z = np.asarray(state.z)  # (N, k=N dense table, ...)
+    z = np.asarray(state.z)  # (N, k - 1 = N - 1 neighbour columns of the dense table)
     zbar = np.asarray(state.zbar)
     for i in range(N):
         for j in ((i - 1) % N, (i + 1) % N):
-            col = (j - i) % N  # the dense table: column c is peer i + c
+            col = (j - i) % N - 1  # dense table: column c is peer i + c; row c - 1
             want = 2 * (1.0 if i < j else -1.0) * x1[j]  # y_ji = 0 - 2 A_ji x_j
             assert z[i, col] == pytest.approx(want, rel=1e-13)
             assert zbar[i, col] == pytest.approx((1.0 + want) / 2, rel=1e-13)
@@ -174,7 +174,7 @@ def test_relaxed_averaging_halves_the_received_dual():
     for i in range(N):
         for j in ((i - 1) % N, (i + 1) % N):
             want = (1.0 if i < j else -1.0) * x1[j]  # (0 + 2 A_ij x_j) / 2
-            assert z[i, (j - i) % N] == pytest.approx(want, rel=1e-13)
+            assert z[i, (j - i) % N - 1] == pytest.approx(want, rel=1e-13)
 
 
 def test_isvr_step_size_and_gradient_coefficient():

@@ -71,7 +71,10 @@ from workbench.algorithms.base import (
 from workbench.algorithms.edges import (
     column_sum,
     edge_algorithm,
+    edge_columns,
+    edge_mask,
     edge_phase,
+    from_neighbours,
     outer,
     scheduled,
     signs,
@@ -89,15 +92,15 @@ Averaging = Literal["seed", "relaxed"]
 class ECLState(NamedTuple):
     params: PyTree  # leaves (...) per peer; (n, ...) stacked: x_i
     opt_state: PyTree  # the local optimizer's state, like params
-    z: PyTree  # leaves (k, ...): last received dual z_{i|j} per table column
-    zbar: PyTree  # leaves (k, ...): averaged duals (ADMM, 'seed' form); else None
-    xhat: PyTree  # leaves (k, ...): neighbours' last models (rho > 0); else None
+    z: PyTree  # leaves (k - 1, ...): last received dual z_{i|j} per edge column
+    zbar: PyTree  # leaves (k - 1, ...): averaged duals (ADMM, 'seed' form); else None
+    xhat: PyTree  # leaves (k - 1, ...): neighbours' last models (rho > 0); else None
     step: jax.Array  # () int32 steps (rounds) done
     loss: jax.Array  # () training loss of the last step
 
 
 class ECLOutbox(NamedTuple):
-    y: PerEdge  # leaves (k, ...): y_{i|j} per table column
+    y: PerEdge  # leaves (k - 1, ...): y_{i|j} per edge column
     x: PyTree  # like params (rho > 0), else None
     step: jax.Array  # () int32 the step this outbox was made at
 
@@ -154,7 +157,7 @@ def ecl(
 
     def init(params, key, topo):
         del key
-        k = topo.idx.shape[0]
+        k = edge_columns(topo)
         z = stack_columns(jax.tree.map(jnp.zeros_like, params), k)
         zbar = stack_columns(params, k) if seed_average else None
         xhat = stack_columns(params, k) if keep_models else None
@@ -186,9 +189,9 @@ def ecl(
                 lambda gi, e: gi * (1 - alpha * e * d * (interval / piw - 1)), g, etas
             )
         u, opt_state = local_opt.update(g, state.opt_state, state.params)
-        a = signs(topo) * topo.mask
+        a = signs(topo) * edge_mask(topo)
         cons = column_sum(state.zbar if seed_average else state.z, a)
-        prox = column_sum(state.xhat, topo.mask) if keep_models else None
+        prox = column_sum(state.xhat, edge_mask(topo)) if keep_models else None
 
         def step(x, ui, ci, e, r, pi=None):
             pull = e * ci + (r * pi if pi is not None else 0.0)
@@ -208,7 +211,7 @@ def ecl(
         return sent_if((outbox.y.value, outbox.x), outbox.step % interval == phase)
 
     def combine(state, inbox, topo):
-        y, x = inbox.messages
+        y, x = from_neighbours(inbox.messages)
         now = scheduled(topo, state.step, interval, round_robin)
         if relaxed:
             y = jax.tree.map(lambda a, b: (a + b) / 2, state.z, y)

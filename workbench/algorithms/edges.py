@@ -1,10 +1,12 @@
 """Per-edge state for primal-dual methods: edge signs, edge schedules, local solves.
 
 A peer's per-edge quantities (duals z_{i|j}, last received models) are arrays
-of shape (k, ...) aligned with the columns of its in-neighbour table
-(``PeerTopo.idx``, column 0 = itself, padding masked out), so a graph of
-max degree k - 1 needs no ragged lists. The constraint of edge {i, j} is
-A_{i|j} x_i + A_{j|i} x_j = 0 with A_{i|j} = +1 if i < j else -1.
+of shape (k - 1, ...), one row per neighbour column of its in-neighbour table
+(``PeerTopo.idx`` columns 1..k-1; column 0 is the peer itself and has no
+edge; padding is masked out), so a graph of max degree k - 1 needs no ragged
+lists. The functions here return such (k - 1,) "edge columns". The constraint
+of edge {i, j} is A_{i|j} x_i + A_{j|i} x_j = 0 with A_{i|j} = +1 if i < j
+else -1.
 
 Edge schedule: edge {i, j} is exchanged at step t when t mod R equals its
 phase. With ``round_robin`` the phase is (i + j) mod R, the same at both ends,
@@ -45,9 +47,24 @@ Solver = Literal["newton", "sgd"]
 MAX_NEWTON_PARAMS = 4096  # a dense P x P Hessian per peer beyond this is not sensible
 
 
+def edge_columns(topo: PeerTopo) -> int:
+    """k - 1: the per-edge rows a peer keeps (its table's neighbour columns)."""
+    return topo.idx.shape[0] - 1
+
+
+def edge_mask(topo: PeerTopo) -> jax.Array:
+    """(k - 1,) bool: the neighbour column is a real edge (not padding)."""
+    return topo.mask[1:]
+
+
+def from_neighbours(inbox_values):
+    """An inbox's messages (k, ...) per leaf without column 0 (the peer itself)."""
+    return jax.tree.map(lambda v: v[1:], inbox_values)
+
+
 def signs(topo: PeerTopo) -> jax.Array:
-    """(k,) A_{i|j} of each column: +1 if the peer's index is below the neighbour's."""
-    return jnp.where(topo.idx[0] < topo.idx, 1.0, -1.0)
+    """(k - 1,) A_{i|j} per edge column: +1 if the peer's index is the smaller."""
+    return jnp.where(topo.idx[0] < topo.idx[1:], 1.0, -1.0)
 
 
 def edge_phase(i, j, interval: int, round_robin: bool) -> jax.Array:
@@ -59,13 +76,13 @@ def edge_phase(i, j, interval: int, round_robin: bool) -> jax.Array:
 
 
 def phases(topo: PeerTopo, interval: int, round_robin: bool) -> jax.Array:
-    """(k,) int32 phase of each column's edge."""
-    return edge_phase(topo.idx[0], topo.idx, interval, round_robin)
+    """(k - 1,) int32 phase of each edge column."""
+    return edge_phase(topo.idx[0], topo.idx[1:], interval, round_robin)
 
 
 def scheduled(topo: PeerTopo, step, interval: int, round_robin: bool) -> jax.Array:
-    """(k,) bool: the column's edge is exchanged at ``step`` (real edges only)."""
-    return topo.mask & (step % interval == phases(topo, interval, round_robin))
+    """(k - 1,) bool: the edge column is exchanged at ``step`` (real edges only)."""
+    return edge_mask(topo) & (step % interval == phases(topo, interval, round_robin))
 
 
 def _column(c: jax.Array, v: jax.Array) -> jax.Array:
@@ -82,7 +99,8 @@ def column_sum(values, c: jax.Array):
 
     def one(v):
         w = c.astype(v.dtype)
-        return sum((w[j] * v[j] for j in range(1, v.shape[0])), w[0] * v[0])
+        zero = jnp.zeros(v.shape[1:], v.dtype)  # no edge columns: 0
+        return sum((w[j] * v[j] for j in range(v.shape[0])), zero)
 
     return jax.tree.map(one, values)
 

@@ -30,6 +30,9 @@ from workbench.algorithms.edges import (
     check_solver,
     column_sum,
     edge_algorithm,
+    edge_columns,
+    edge_mask,
+    from_neighbours,
     outer,
     signs,
     solve,
@@ -43,7 +46,7 @@ from workbench.comm.messages import PerEdge
 class PDMMState(NamedTuple):
     params: PyTree  # leaves (...) per peer; (n, ...) stacked: x_i
     opt_state: PyTree  # the inner solver's optax state, like params
-    z: PyTree  # leaves (k, ...): dual z_{i|j} per table column (padding: 0)
+    z: PyTree  # leaves (k - 1, ...): dual z_{i|j} per edge column (padding: 0)
     loss: jax.Array  # () mean training loss of the round's batches
 
 
@@ -61,13 +64,13 @@ def pdmm(
     def init(params, key, topo):
         del key
         zeros = jax.tree.map(jnp.zeros_like, params)
-        z = stack_columns(zeros, topo.idx.shape[0])
+        z = stack_columns(zeros, edge_columns(topo))
         return PDMMState(params, inner.init(params), z, jnp.zeros(()))
 
     def local(state, batches, topo, key):
         del key
         a = signs(topo)
-        linear = column_sum(state.z, a * topo.mask)  # sum_j A_{i|j} z_{i|j}
+        linear = column_sum(state.z, a * edge_mask(topo))  # sum_j A_{i|j} z_{i|j}
         quad = c * topo.degree
         x, opt_state, loss = solve(
             solver, loss_fn, inner, state.params, state.opt_state, batches, linear, quad
@@ -82,9 +85,11 @@ def pdmm(
 
     def combine(state, inbox, topo):
         mixed = jax.tree.map(
-            lambda z, y: (1 - theta) * z + theta * y, state.z, inbox.messages
+            lambda z, y: (1 - theta) * z + theta * y,
+            state.z,
+            from_neighbours(inbox.messages),
         )
-        return state._replace(z=where_columns(topo.mask, mixed, state.z))
+        return state._replace(z=where_columns(edge_mask(topo), mixed, state.z))
 
     return edge_algorithm(init, local, combine, message, steps)
 

@@ -161,6 +161,13 @@ def reverse_columns(table: Table) -> jax.Array:
     return jnp.argmax(table.idx[table.idx] == receivers, axis=-1).astype(jnp.int32)
 
 
+def _rows(v: jax.Array, senders: jax.Array, rows: jax.Array) -> jax.Array:
+    """v[senders, rows] for a PerEdge leaf (n, k - 1, ...); zeros when k = 1."""
+    if v.shape[1] == 0:  # no neighbour columns (a single peer): nothing is sent
+        return jnp.zeros(senders.shape + v.shape[2:], v.dtype)
+    return v[senders, rows]
+
+
 def _is_per_edge(x) -> bool:
     return isinstance(x, PerEdge)
 
@@ -175,11 +182,12 @@ def _edge_messages(outbox, ctx: Context):
     receivers = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], (n, k))
     senders = ctx.table.idx
     flat = senders.reshape(-1)
-    cols = reverse_columns(ctx.table).reshape(-1)
+    # a PerEdge row per neighbour column (1..k-1); column 0 (self) reads row 0
+    rows = jnp.maximum(reverse_columns(ctx.table).reshape(-1) - 1, 0)
 
     def pick(x):
         if _is_per_edge(x):
-            return PerEdge(jax.tree.map(lambda v: v[flat, cols], x.value))
+            return PerEdge(jax.tree.map(lambda v: _rows(v, flat, rows), x.value))
         return x[flat]
 
     own = jax.tree.map(pick, outbox, is_leaf=_is_per_edge)

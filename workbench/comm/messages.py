@@ -5,10 +5,11 @@ produces) costs the bits it reports; any other leaf costs its size times the
 bits of its dtype. Receivers only ever see the values (``plain``).
 
 For the ``edge`` exchange, a part wrapped in :class:`PerEdge` holds one value
-per out-edge of the sender (leaves (k, ...), column c for the neighbour in
-column c of the sender's table): the message function sees only the column of
-the receiver. A message that an edge's schedule does not send this round is
-``sent_if(message, False)``: it costs 0 bits (the receiver must ignore it).
+per out-edge of the sender (leaves (k - 1, ...), row c for the neighbour in
+column c + 1 of the sender's table; column 0 is the sender itself): the
+message function sees only the receiver's row. A message that an edge's
+schedule does not send this round is ``sent_if(message, False)``: it costs 0
+bits (the receiver must ignore it).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Coded(NamedTuple):
 class PerEdge(NamedTuple):
     """Per-out-edge values in an outbox (``edge`` exchange only)."""
 
-    value: PyTree  # leaves (k, ...): column c is for the sender's table column c
+    value: PyTree  # leaves (k - 1, ...): row c is for the sender's table column c + 1
 
 
 def sent_if(message: PyTree, sent) -> Coded:
