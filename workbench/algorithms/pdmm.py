@@ -11,8 +11,9 @@ theta = 1 is PDMM, theta = 1/2 is ADMM (Douglas-Rachford). At a fixed point
 x_i = x_j on every edge and sum_i grad f_i(x_i) = 0: the exact optimum of
 sum_i f_i, with no step-size bias. The local argmin is the ``newton`` solve
 (exact for least squares) or ``sgd`` inner steps (see edges.py). The duals
-are per-edge state (k, ...) padded to the table's width; each round sends one
-dual per edge (the ``edge`` exchange), so a round costs d_i vectors per peer.
+are per-edge state, one row per neighbour column (padded to the max degree);
+each round sends one dual per edge (the ``edge`` exchange), so a round costs
+d_i vectors per peer.
 """
 
 from __future__ import annotations
