@@ -116,10 +116,13 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
     params = init_params(model, fed.input_shape, root_key(sc.seed))
     keys = jax.random.split(root_key(sc.seed + 1), n)
     init = jax.jit(functools.partial(init_state, spec, sc.seed))
-    stack = lambda p: jnp.broadcast_to(p, (n,) + p.shape)  # noqa: E731
-    shapes = jax.eval_shape(init, jax.tree.map(stack, params), keys, topology.data)
+    stacked = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct((n,) + p.shape, p.dtype), params
+    )
+    shapes = jax.eval_shape(init, stacked, keys, topology.data)
     estimate = StateEstimate(n, tree_bytes(params), tree_bytes(shapes) // n)
     with out_of_memory_guard(estimate):
+        stack = lambda p: jnp.broadcast_to(p, (n,) + p.shape)  # noqa: E731
         state = init(jax.tree.map(stack, params), keys, topology.data)
         data = _device(PeerData(*fed.train))
         eval_data = _eval_data(fed, sc.evaluation.test_samples, sc.seed)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from workbench.algorithms.base import Algorithm, LossFn, PyTree, RoundStructure
-from workbench.algorithms.edges import Solver, check_solver, column_sum, solve
+from workbench.algorithms.edges import Solver, column_sum, solve
 from workbench.algorithms.registry import ALGORITHMS
 
 
@@ -104,5 +104,4 @@ def _admm(
     solver: Solver = "sgd",
     local_steps: Annotated[int, annotated_types.Ge(1)] = 1,
 ) -> Algorithm:
-    check_solver(solver)
     return admm(loss_fn, optimizer(local_steps), c=c, solver=solver, steps=local_steps)

@@ -85,9 +85,9 @@ def scheduled(topo: PeerTopo, step, interval: int, round_robin: bool) -> jax.Arr
     return edge_mask(topo) & (step % interval == phases(topo, interval, round_robin))
 
 
-def _column(c: jax.Array, v: jax.Array) -> jax.Array:
-    """The (k,) factors ``c`` shaped to multiply a (k, ...) leaf ``v``."""
-    return c.astype(v.dtype).reshape((-1,) + (1,) * (v.ndim - 1))
+def _along_rows(c: jax.Array, v: jax.Array) -> jax.Array:
+    """The (k,) array ``c`` shaped to broadcast against a (k, ...) leaf ``v``."""
+    return c.reshape((-1,) + (1,) * (v.ndim - 1))
 
 
 def column_sum(values, c: jax.Array):
@@ -107,7 +107,9 @@ def column_sum(values, c: jax.Array):
 
 def outer(c: jax.Array, tree):
     """(k, ...) leaves c[j] * x for each leaf x of ``tree`` (broadcast, no copy)."""
-    return jax.tree.map(lambda x: _column(c, x[None]) * x[None], tree)
+    return jax.tree.map(
+        lambda x: _along_rows(c.astype(x.dtype), x[None]) * x[None], tree
+    )
 
 
 def stack_columns(tree, k: int):
@@ -117,11 +119,7 @@ def stack_columns(tree, k: int):
 
 def where_columns(cond: jax.Array, new, old):
     """Per column: ``new`` where ``cond`` (k,), else ``old``."""
-    return jax.tree.map(
-        lambda a, b: jnp.where(cond.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
-        new,
-        old,
-    )
+    return jax.tree.map(lambda a, b: jnp.where(_along_rows(cond, a), a, b), new, old)
 
 
 def edge_algorithm(init, local, combine, message, steps: int = 1) -> Algorithm:
@@ -138,11 +136,6 @@ def edge_algorithm(init, local, combine, message, steps: int = 1) -> Algorithm:
         uses_topology=True,
         init_topology=True,
     )
-
-
-def check_solver(solver: str, path: str = "algorithm.solver") -> None:
-    if solver not in ("newton", "sgd"):
-        raise ScenarioError(path, f"must be 'newton' or 'sgd', got {solver!r}")
 
 
 def _regularized(loss_fn: Callable, linear, quad) -> Callable:

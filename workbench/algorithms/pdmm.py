@@ -28,7 +28,6 @@ import optax
 from workbench.algorithms.base import Algorithm, LossFn, PyTree
 from workbench.algorithms.edges import (
     Solver,
-    check_solver,
     column_sum,
     edge_algorithm,
     edge_columns,
@@ -105,7 +104,6 @@ def _pdmm(
     solver: Solver = "sgd",
     local_steps: Annotated[int, annotated_types.Ge(1)] = 1,
 ) -> Algorithm:
-    check_solver(solver)
     return pdmm(
         loss_fn,
         optimizer(local_steps),
