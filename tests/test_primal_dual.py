@@ -20,6 +20,7 @@ from workbench.algorithms.ecl import ecl, fan_in
 from workbench.algorithms.edges import edge_phase
 from workbench.algorithms.pdmm import pdmm
 from workbench.comm import from_matrix
+from workbench.optim import local_optimizer
 from workbench.rounds import PeerData, RoundSpec, init_state, make_chunk
 
 N, M, D = 8, 5, 3
@@ -246,3 +247,20 @@ def test_fan_in_scaling_and_degree_normalization_scale_the_penalties():
     x1 = (1.0 - alpha * g + alpha * r * d * 1.0) / (1 + alpha * (e + r) * d)
     got = np.asarray(state.params["layer"]["kernel"])
     np.testing.assert_allclose(got, np.broadcast_to(x1[:, None, None], got.shape))
+
+
+def test_step_size_follows_the_scenarios_steplr_schedule():
+    """alpha_t = lr * 0.5 ** floor(t / 2) (``exponential``, staircase: StepLR)."""
+    opt = local_optimizer(
+        lr=0.1,
+        rounds=5,
+        schedule={"name": "exponential", "transition_steps": 2, "decay_rate": 0.5},
+    )
+    alphas = [0.1, 0.1, 0.05, 0.05, 0.025]
+    np.testing.assert_allclose([opt.learning_rate(1)(t) for t in range(5)], alphas)
+    alg = ecl(quadratic_loss, opt(1), opt.learning_rate(1), eta=0.5, rho=0.0)
+    state, _ = run(alg, quadratic_data(A_Q, B_Q), ring_weights(N), 5, jnp.ones(N))
+    x = np.ones(N)  # interval 10: no dual arrives in 5 steps, z stays 0
+    for alpha in alphas:
+        x = (x - alpha * A_Q * (x - B_Q)) / (1 + alpha * 0.5 * 2)
+    np.testing.assert_allclose(state.params, x, rtol=1e-7)  # float32 schedule
