@@ -95,13 +95,14 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
     l2 = opt_cfg.pop("l2", 0.0)
 
     optimizer = LocalOptimizer(opt_cfg, sc.rounds)
+    topology = build_topology(dict(sc.topology), n, sc.seed, kernel=sc.execution.kernel)
     algorithm = ALGORITHMS.build(
         {"name": name, **alg_kwargs},
         "algorithm",
         loss_fn=make_loss(apply_fn, l2),
         optimizer=optimizer,
+        graph={"n": n, **topology.info},
     )
-    topology = build_topology(dict(sc.topology), n, sc.seed, kernel=sc.execution.kernel)
     check_graph(algorithm.rounds, topology, name, sc.topology["name"])
 
     def runtime(strategy: tuple[str, int | None]):

@@ -96,7 +96,16 @@ class Registry(Mapping[str, Callable[..., Any]]):
         if name is None:
             raise ScenarioError(f"{path}.name", f"missing; expected a {self.kind} name")
         kwargs = self.validate(name, spec, path)
-        return self._entries[name](**context, **kwargs)
+        fn = self._entries[name]
+        return fn(**_accepted(fn, context), **kwargs)
+
+
+def _accepted(fn: Callable, context: Mapping[str, Any]) -> dict:
+    """The context arguments ``fn`` declares (a builder may ignore optional ones)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return dict(context)
+    return {k: v for k, v in context.items() if k in params}
 
 
 def _coerce(param: inspect.Parameter, value: Any, path: str) -> Any:

@@ -216,11 +216,17 @@ def make_round(spec: RoundSpec, seed: int) -> Callable:
         w = take(weights)
         inbox, sent, server = ph.exchange(outbox, arrays, table, peers, w, t)
         state = ph.combine(state, inbox, view)
-        for _ in range(spec.algorithm.rounds.gossip_steps - 1):
+
+        def gossip(carry, _):  # one more exchange + combine (gossip_steps > 1)
+            state, sent, server = carry
             again = ph.resend(state, view)
             inbox, more, srv = ph.exchange(again, arrays, table, peers, w, t)
-            state = ph.combine(state, inbox, view)
-            sent, server = sent + more, server + srv
+            return (ph.combine(state, inbox, view), sent + more, server + srv), None
+
+        more_steps = spec.algorithm.rounds.gossip_steps - 1
+        if more_steps:  # a scan, so T gossip steps compile once, not T times
+            carry = (state, sent, server)
+            (state, sent, server), _ = jax.lax.scan(gossip, carry, None, more_steps)
         return state, Traffic(sent, server), (peers, outbox)
 
     return one_round

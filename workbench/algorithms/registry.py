@@ -2,11 +2,13 @@
 
 Builders take the engine-supplied ``loss_fn`` and ``optimizer`` (a function
 ``steps_per_round -> optax transformation`` built from the scenario's optimizer
-keys) plus their own keyword arguments from the scenario's ``algorithm``
-section, and return an ``Algorithm`` whose ``rounds`` carries the round
-structure: the engine reads nothing else about an algorithm.
+keys), optionally ``graph`` (the topology's diagnostics: ``n``, ``rho``,
+``lambda2_I_minus_W``, ...; only builders that declare it receive it), plus
+their own keyword arguments from the scenario's ``algorithm`` section, and
+return an ``Algorithm`` whose ``rounds`` carries the round structure: the
+engine reads nothing else about an algorithm.
 """
 
 from workbench.registry import Registry
 
-ALGORITHMS = Registry("algorithm", context=("loss_fn", "optimizer"))
+ALGORITHMS = Registry("algorithm", context=("loss_fn", "optimizer", "graph"))
