@@ -28,7 +28,11 @@ from workbench.rounds import RoundSpec, make_chunk, sample_batches
 from workbench.rounds import init_state as init_state_of
 
 LR = 0.05
-REQUIRED = {"choco": {"gamma": 0.2}}  # keys without a default
+REQUIRED = {  # keys without a default, and defenses without noise (plain SGD)
+    "choco": {"gamma": 0.2},
+    "muffliato": {"gossip_steps": 2},
+    "dpsgd": {"noise_multiplier": 0.0, "clip": 1e6},
+}
 
 
 def build(name: str):

@@ -99,6 +99,7 @@ def multi_gossip(
     rho: float | None = None,
     order: Literal["atc", "cta"] = "atc",
     steps: int = 1,
+    omegas: np.ndarray | None = None,
 ) -> Algorithm:
     """D-SGD with ``gossip_steps`` averaging steps per round.
 
@@ -108,18 +109,23 @@ def multi_gossip(
       rho: ||W - J||_2 of the (static, symmetric) mixing matrix, 0 <= rho < 1.
       order: ``atc`` (X <- W^g (X - eta G)) or ``cta`` (X <- W^g X - eta G).
       steps: local optax steps (tau) per round.
+      omegas: (gossip_steps,) weights of an accelerated recursion
+        x_{k+1} = omega_k W x_k + (1 - omega_k) x_{k-1} given directly (omega_0
+        = 1), instead of ``chebyshev``'s (Muffliato's constant omega).
     """
     if gossip_steps < 1:
         raise ValueError(f"gossip_steps must be >= 1, got {gossip_steps}")
     if chebyshev and (rho is None or not 0.0 <= rho < 1.0):
         raise ValueError(f"chebyshev gossip needs 0 <= rho < 1, got rho={rho}")
-    omegas = chebyshev_omegas(rho, gossip_steps) if chebyshev else None
+    if omegas is None and chebyshev:
+        omegas = chebyshev_omegas(rho, gossip_steps)
+    accelerated = omegas is not None
     last = gossip_steps - 1
 
     def init(params, key):
         del key
         update = jax.tree.map(jnp.zeros_like, params) if order == "cta" else None
-        prev = jax.tree.map(jnp.copy, params) if chebyshev else None
+        prev = jax.tree.map(jnp.copy, params) if accelerated else None
         zero = jnp.zeros((), jnp.int32)
         return MultiGossipState(
             params, local_opt.init(params), update, prev, zero, jnp.zeros(())
@@ -140,7 +146,7 @@ def multi_gossip(
         del topo
         k = state.step
         mixed, prev = inbox, state.prev
-        if chebyshev:
+        if accelerated:
             omega = jnp.asarray(omegas)[jnp.minimum(k, last)]
 
             def accelerate(wx, old):

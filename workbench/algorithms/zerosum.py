@@ -1,0 +1,141 @@
+"""ZeroSum / Zip-DL (arXiv 2403.11795): per-edge noise that cancels in the average.
+
+After its local steps, peer a draws Y_{a->v} ~ N(0, sigma^2 I) for every v in
+its closed neighbourhood (itself included, d_a members) and sends neighbour v
+
+    x_a + Z_{a->v},   Z_{a->v} = Y_{a->v} - (1 / (d_a W_av)) sum_j W_aj Y_{a->j}
+
+(``form: paper``), so sum_v W_av Z_{a->v} = 0: on a symmetric W every receiver
+weighs a's message by W_va = W_av and the global mean is unchanged, while no
+neighbour sees a's model without noise. ``form: code`` is the decentralizepy
+code's version: the d_a noises have std sigma sqrt(d_a / (d_a - 1)) and their
+plain mean is subtracted (Z = Y - mean Y; the self noise counts as a virtual
+neighbour); it cancels exactly only for uniform weights 1/d_a. One averaging
+step per round (Zip-DL: one per SGD step); messages are per edge (``PerEdge``
+outbox, ``edge`` exchange), so each is counted once per edge.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from workbench.algorithms.base import (
+    Algorithm,
+    LossFn,
+    PeerTopo,
+    PyTree,
+    RoundStructure,
+    local_steps,
+)
+from workbench.algorithms.edges import column_sum, from_neighbours
+from workbench.algorithms.noise import gaussian_like
+from workbench.algorithms.registry import ALGORITHMS
+from workbench.comm.messages import PerEdge
+from workbench.errors import ScenarioError
+
+Form = Literal["paper", "code"]
+
+
+class ZeroSumState(NamedTuple):
+    params: PyTree  # leaves (...) per peer; (n, ...) once stacked
+    opt_state: PyTree  # the local optimizer's state, same stacking
+    own: PyTree  # x_a + Z_{a->a}: this round's self term of the average, like params
+    loss: jax.Array  # () mean training loss of the last local steps
+
+
+def _rows(c: jax.Array, v: jax.Array) -> jax.Array:
+    return c.reshape((-1,) + (1,) * (v.ndim - 1)).astype(v.dtype)
+
+
+def zero_sum_noise(key, topo: PeerTopo, like: PyTree, sigma: float, form: Form):
+    """Z_{a->v} for every column of the peer's table: leaves (k, ...), 0 on padding.
+
+    Column 0 is the peer itself; ``sum_c W_c Z_c = 0`` (paper form).
+    """
+    k = topo.idx.shape[0]
+    real = topo.mask.at[0].set(True)  # (k,) the closed neighbourhood
+    d = jnp.sum(real).astype(jnp.float32)
+    w = jnp.where(real, topo.weight, 0.0)
+    stacked = jax.tree.map(lambda x: jnp.zeros((k,) + x.shape, x.dtype), like)
+    if form == "code":
+        std = sigma * jnp.sqrt(d / jnp.maximum(d - 1.0, 1.0))
+        y = gaussian_like(key, stacked, 1.0)
+
+        def centre(v):
+            v = v * _rows(real, v) * std.astype(v.dtype)
+            mean = jnp.sum(v, axis=0) / d.astype(v.dtype)
+            return (v - mean[None]) * _rows(real, v)
+
+        return jax.tree.map(centre, y)
+    y = gaussian_like(key, stacked, sigma)
+    total = column_sum(y, w)  # sum_j W_aj Y_{a->j}
+    scale = jnp.where(real, 1.0 / (d * jnp.where(real, w, 1.0)), 0.0)
+
+    def subtract(v, s):
+        return (v - _rows(scale, v) * s[None]) * _rows(real, v)
+
+    return jax.tree.map(subtract, y, total)
+
+
+def zerosum(
+    loss_fn: LossFn,
+    local_opt: optax.GradientTransformation,
+    *,
+    sigma: float,
+    form: Form = "paper",
+    steps: int = 1,
+) -> Algorithm:
+    """D-SGD (adapt-then-combine) whose messages carry zero-sum per-edge noise."""
+
+    def init(params, key):
+        del key
+        own = jax.tree.map(jnp.zeros_like, params)  # set by local before combine
+        return ZeroSumState(params, local_opt.init(params), own, jnp.zeros(()))
+
+    def local(state, batches, topo, key):
+        params, opt_state, loss = local_steps(
+            loss_fn, local_opt, state.params, state.opt_state, batches
+        )
+        z = zero_sum_noise(key, topo, params, sigma, form)
+        sent = jax.tree.map(lambda x, e: x[None] + e, params, z)  # (k, ...)
+        own = jax.tree.map(lambda v: v[0], sent)
+        new = ZeroSumState(params, opt_state, own, loss)
+        return new, PerEdge(from_neighbours(sent))
+
+    def message(outbox, sender, receiver, key):
+        del sender, receiver, key
+        return outbox.value
+
+    def combine(state, inbox, topo):
+        c = jnp.where(inbox.mask, inbox.weight, 0.0)
+        others = column_sum(inbox.messages, c)
+        w_self = topo.weight[0]
+        params = jax.tree.map(
+            lambda o, s: o + w_self.astype(s.dtype) * s, others, state.own
+        )
+        return state._replace(params=params)
+
+    rounds = RoundStructure(local_steps=steps, undirected=True)
+    return Algorithm(
+        init, local, combine, "edge", rounds, message=message, uses_topology=True
+    )
+
+
+@ALGORITHMS.register("zerosum")
+def _zerosum(
+    loss_fn,
+    optimizer,
+    *,
+    sigma: float = 0.0,
+    form: Form = "paper",
+    local_steps: int = 1,
+) -> Algorithm:
+    if not sigma >= 0:
+        raise ScenarioError("algorithm.sigma", f"must be >= 0, got {sigma}")
+    return zerosum(
+        loss_fn, optimizer(local_steps), sigma=sigma, form=form, steps=local_steps
+    )
