@@ -1,4 +1,4 @@
-"""Command line: workbench simulate | list | topology describe | data fetch.
+"""Command line: workbench simulate | list | topology describe | privacy | data fetch.
 
 Thin by design: parse, load the scenario, call the runner. User mistakes print
 one line on stderr and exit with status 2, never a traceback; SIGINT and SIGTERM
@@ -58,6 +58,18 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("topology", help="topology tools")
     t.add_argument("action", choices=["describe"])
     t.add_argument("rest", nargs=argparse.REMAINDER)
+    pr = sub.add_parser("privacy", help="attack a finished run's saved messages again")
+    pr.add_argument("run_dir", metavar="RUN_DIR", help="a run with a privacy: section")
+    pr.add_argument(
+        "--attack",
+        dest="attacks",
+        action="append",
+        metavar="SPEC",
+        help="an attack to run instead of the scenario's (repeatable): a name or "
+        "a YAML mapping such as '{name: lira, shadows: 16}'; its rows replace "
+        "that attack's rows in privacy.csv",
+    )
+    pr.add_argument("--data-dir", help="dataset directory, as for simulate")
     d = sub.add_parser("data", help="dataset tools")
     d.add_argument("action", choices=["fetch"])
     d.add_argument("name", help="dataset name, e.g. cifar10, mnist, fashion_mnist")
@@ -114,6 +126,14 @@ def _topology(args) -> int:
     return describe(args.rest)
 
 
+def _privacy(args) -> int:
+    from workbench.privacy.cli import attack_run
+
+    result = attack_run(args.run_dir, args.attacks, args.data_dir)
+    print(result)
+    return 0
+
+
 def _data(args) -> int:
     from workbench.data import resolve_data_dir
     from workbench.data.fetch import fetch
@@ -127,6 +147,7 @@ COMMANDS = {
     "simulate": _simulate,
     "list": _list,
     "topology": _topology,
+    "privacy": _privacy,
     "data": _data,
 }
 

@@ -26,13 +26,20 @@ from workbench.memory import StateEstimate, out_of_memory_guard, tree_bytes
 from workbench.models import build_model, init_params, num_params
 from workbench.objective import make_loss
 from workbench.optim import LocalOptimizer
+from workbench.privacy.messages import model_part
+from workbench.privacy.stage import Attacker, check_privacy
 from workbench.rounds import (
+    TOPOLOGY,
+    Capture,
     EvalData,
     PeerData,
     RoundSpec,
     init_state,
     make_chunk,
+    make_round,
+    peer_topology,
     root_key,
+    round_key,
 )
 from workbench.scenario import algorithm_parts
 from workbench.topology import build_topology
@@ -63,6 +70,7 @@ class Simulation:
     strategy: tuple[str, int | None]
     estimate: StateEstimate  # memory the stacked state needs
     runtime: Any  # strategy -> (RoundSpec, chunk, evaluate) for that strategy
+    attacker: Attacker | None = None  # the privacy stage (a privacy: section)
 
     def with_strategy(self, strategy: tuple[str, int | None]) -> Simulation:
         """The same simulation, its peers lifted by another execution strategy."""
@@ -105,9 +113,17 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
     )
     check_graph(algorithm.rounds, topology, name, sc.topology["name"])
 
+    capture = None
+    if sc.privacy is not None:
+        check_privacy(sc.privacy, n, sc.rounds)
+        victims = sc.privacy.victim_peers(n)
+        capture = Capture(
+            victims, rounds=sc.privacy.attack_rounds(sc.rounds, sc.eval_every)
+        )
+
     def runtime(strategy: tuple[str, int | None]):
         lifted = lambda fn: lift(fn, *strategy)
-        spec = RoundSpec(algorithm, topology.at, lifted, n, sc.data.batch_size)
+        spec = RoundSpec(algorithm, topology.at, lifted, n, sc.data.batch_size, capture)
         metrics = sc.evaluation.metrics
         evaluate = make_evaluate(apply_fn, eval_lift(strategy), EVAL_BATCH, metrics)
         return spec, make_chunk(spec, sc.seed), evaluate
@@ -130,6 +146,22 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
     sizes = fed.train.size.astype(np.float32)
     by_size = algorithm.rounds.weighting == "data_size"
     weights = sizes if by_size else np.ones_like(sizes)
+    attacker = None
+    if capture is not None:
+        check_messages(spec, sc.seed, state, data, topology, weights, params)
+        attacker = Attacker(
+            config=sc.privacy,
+            capture=capture,
+            apply_fn=apply_fn,
+            init_fn=lambda key: init_params(model, fed.input_shape, key),
+            params_like=params,
+            eval_data=eval_data,
+            table=round0_table(topology, n, sc.seed),
+            num_peers=n,
+            num_classes=fed.num_classes,
+            seed=sc.seed,
+            train={**opt_cfg, "batch_size": sc.data.batch_size, "rounds": sc.rounds},
+        )
     return Simulation(
         scenario=sc,
         spec=spec,
@@ -144,6 +176,50 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         strategy=strategy,
         estimate=estimate,
         runtime=runtime,
+        attacker=attacker,
+    )
+
+
+def check_messages(spec, seed, state, data, topology, weights, params) -> None:
+    """A one-line error if the algorithm's messages are not models (the privacy
+    attacks evaluate what was sent); traced only, nothing runs."""
+    one_round = make_round(spec, seed)
+    outbox = jax.eval_shape(
+        lambda: one_round(state, jnp.int32(0), data, topology.data, weights)[2][1]
+    )
+    model_part(outbox, params)
+
+
+def round0_table(topology, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Round 0's in-neighbour table (idx, W), (n, k) each, on the host."""
+    t = jnp.int32(0)
+    arrays = topology.at(topology.data, t, round_key(seed, t, TOPOLOGY))
+    _, view = peer_topology(arrays, n)
+    return np.asarray(view.idx), np.asarray(view.weight)
+
+
+def attacker_for(sc, spec, state, data, topology, weights, params) -> Attacker:
+    """The privacy stage's view of the run; a one-line error if the messages
+    are not models (the attacks evaluate what was sent)."""
+    one_round = make_round(spec, sc.seed)
+    outbox = jax.eval_shape(
+        lambda: one_round(state, jnp.int32(0), data, topology.data, weights)[2][1]
+    )
+    model_part(outbox, params)
+    arrays = topology.at(topology.data, jnp.int32(0), root_key(sc.seed))
+    _, view = peer_topology(arrays, sc.peers)
+    return Attacker(
+        config=sc.privacy,
+        capture=spec.capture,
+        apply_fn=None,
+        init_fn=None,
+        params_like=params,
+        eval_data=None,
+        table=(np.asarray(view.idx), np.asarray(view.weight)),
+        num_peers=sc.peers,
+        num_classes=0,
+        seed=sc.seed,
+        train={},
     )
 
 

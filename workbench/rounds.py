@@ -8,6 +8,7 @@ so every execution strategy gives the same numbers.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -46,13 +47,34 @@ class EvalData(NamedTuple):
 
 
 class Capture(NamedTuple):
-    """Which outboxes a chunk returns: those of ``peers`` every ``every`` rounds.
+    """Which outboxes a chunk returns: those ``peers`` sent at chosen rounds.
 
-    Memory is bounded by ``ceil(length / every) x len(peers)`` messages per chunk.
+    The rounds are ``rounds`` (0-based round indices, sorted) when given, else
+    every ``every``-th round of the chunk from its first. Memory is bounded by
+    ``slots(length) x len(peers)`` messages per chunk.
     """
 
     peers: tuple[int, ...]
     every: int = 1
+    rounds: tuple[int, ...] | None = None
+
+    def slots(self, length: int) -> int:
+        """Most captured rounds any chunk of ``length`` rounds holds (>= 1)."""
+        if self.rounds is None:
+            return -(-length // self.every)
+        r = self.rounds
+        return max(
+            [bisect.bisect_left(r, a + length) - i for i, a in enumerate(r)] + [1]
+        )
+
+    def slot(self, t, start):
+        """(slot of round t in the chunk that starts at ``start``, whether kept)."""
+        if self.rounds is None:
+            return (t - start) // self.every, (t - start) % self.every == 0
+        r = jnp.asarray(self.rounds, jnp.int32)
+        pos = jnp.searchsorted(r, t)
+        kept = r[jnp.minimum(pos, r.shape[0] - 1)] == t
+        return pos - jnp.searchsorted(r, start), kept
 
 
 class Captured(NamedTuple):
@@ -233,7 +255,7 @@ def make_round(spec: RoundSpec, seed: int) -> Callable:
 
 
 def _capture_init(capture: Capture, outbox_shape, length: int) -> Captured:
-    slots, p = -(-length // capture.every), len(capture.peers)
+    slots, p = capture.slots(length), len(capture.peers)
     zeros = jax.tree.map(
         lambda s: jnp.zeros((slots, p) + s.shape[1:], s.dtype), outbox_shape
     )
@@ -248,8 +270,8 @@ def _capture_step(buf: Captured, capture: Capture, t, start, peers, outbox, n):
     pos = jnp.searchsorted(peers, chosen)
     pos = jnp.minimum(pos, peers.shape[0] - 1)
     sent = peers[pos] == chosen
-    slot = (t - start) // capture.every
-    keep = (t - start) % capture.every == 0
+    slot, keep = capture.slot(t, start)
+    slot = jnp.clip(slot, 0, buf.rounds.shape[0] - 1)
     values = jax.tree.map(lambda x: x[pos], plain(outbox))
 
     def write(old, new):

@@ -42,6 +42,7 @@ from workbench.planner import (
     peak_memory,
     use_compilation_cache,
 )
+from workbench.privacy.stage import PrivacyLog
 from workbench.progress import RunProgress
 from workbench.results import CsvLog, Scalars, read_csv, write_json
 from workbench.rundir import (
@@ -172,6 +173,10 @@ def simulate(
     peers = CsvLog(run_dir / "peers.csv", peer_cols)
     metrics.truncate_after(totals.round)
     peers.truncate_after(totals.round)
+    privacy = None
+    if sim.attacker is not None:
+        privacy = PrivacyLog(run_dir, sim.attacker)
+        privacy.truncate_after(totals.round)
     kept = checkpoint.path if checkpoint else None
     start, t0 = totals.round, time.perf_counter()
     scenario = scenario_to_dict(sc)
@@ -193,7 +198,7 @@ def simulate(
                     tuning.record(plan.trial(strategy, None))
                     continue
                 c0 = time.perf_counter()
-                state, traffic = jax.block_until_ready(
+                state, traffic, *captured = jax.block_until_ready(
                     chunk(state, *args, jnp.int32(r))
                 )
                 c1 = time.perf_counter()
@@ -228,6 +233,8 @@ def simulate(
                     sim.spec.participants,
                 )
                 with deferred():
+                    if privacy is not None:
+                        privacy.chunk(captured[0])
                     metrics.write([row])
                     peers.write(peer_rows)
                     tb.write(row)
@@ -254,6 +261,8 @@ def simulate(
     summary["memory"] = {**plan.footprints[tuning.strategy].to_dict(), **peak_memory()}
     if plan.budget is not None:
         summary["memory"]["budget_bytes"] = plan.budget.bytes
+    if privacy is not None:
+        summary["privacy"] = _privacy_summary(sim, privacy)
     write_json(run_dir / "summary.json", summary)
     return summary
 
@@ -383,6 +392,22 @@ def _time_trial(plan: Plan, tuning: Tuning, strategy, seconds, length, r, sc):
         tuning.first_chunk(trial, tuning_candidates(sc.peers), seconds, left)
     else:
         tuning.record(trial)
+
+
+def _privacy_summary(sim: Simulation, privacy: PrivacyLog) -> dict:
+    """What the privacy stage kept and cost: victims, rounds, capture memory."""
+    capture = sim.attacker.capture
+    per_edge = sim.spec.algorithm.exchange == "edge"
+    rows = sim.attacker.table[0].shape[1] - 1 if per_edge else 1
+    return {
+        "victims": list(capture.peers),
+        "attacked_rounds": [r + 1 for r in capture.rounds],
+        "capture_bytes_per_chunk": sim.attacker.capture_bytes(
+            sim.scenario.eval_every, rows
+        ),
+        "messages_attacked": privacy.messages,
+        "attack_seconds": privacy.seconds,
+    }
 
 
 def _last_row(metrics: CsvLog) -> dict:

@@ -19,6 +19,7 @@ from pydantic import Field, field_serializer, field_validator
 from workbench.data.config import DataConfig
 from workbench.scenario.frozen import FrozenDict, FrozenModel
 from workbench.scenario.optimizer import OptimizerKeysInPlace
+from workbench.scenario.privacy import PrivacyConfig
 
 __all__ = ["EvaluationConfig", "ExecutionConfig", "OutputConfig", "Scenario"]
 
@@ -113,3 +114,4 @@ class Scenario(FrozenModel):
     execution: ExecutionConfig = ExecutionConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
+    privacy: PrivacyConfig | None = None  # message capture and attacks

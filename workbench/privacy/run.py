@@ -1,0 +1,292 @@
+"""Attacks on captured messages: the ATTACKS registry, privacy.csv rows, ROC curves.
+
+Every received message (see ``messages.py``) is evaluated once, vmapped over
+messages and examples, on a pool of labelled examples: each peer's training
+examples (the evaluation's first ones per peer) and the test set. Members of a
+message are its victim's training examples, non-members the test examples
+(the decentralizepy / Zip-DL evaluation). An attack reads these tables and
+returns rows: one per message, and one per round pooling every message of
+that round (victim and attacker ``all``), since low-FPR figures need many
+non-members. Attacks are registry entries; a scenario names them, with
+keyword arguments: ``attacks: [threshold, {name: lira, shadows: 16}]``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.privacy.attacks import BIASED_KS, lowest_member_fraction, source_ranks
+from workbench.privacy.messages import Received
+from workbench.privacy.metrics import METRIC_KEYS, attack_metrics
+from workbench.privacy.shadows import shadow_outputs
+from workbench.registry import Registry
+
+ATTACKS = Registry("attack", context=("ctx",))
+PRIVACY_FIELDS = [
+    "round",
+    "victim",
+    "attacker",
+    "attack",
+    "class",
+    *METRIC_KEYS,
+    "top1",
+    "top5",
+    "mean_rank",
+    *(f"lowest_{k}" for k in BIASED_KS),
+]
+EVAL_BATCH = 128
+
+
+class Pool(NamedTuple):
+    """The labelled examples every message is evaluated on (device arrays)."""
+
+    x: jax.Array  # (P, ...) each peer's training examples, then the test set
+    y: jax.Array  # (P,) int32
+    owner: np.ndarray  # (P,) int peer whose training example it is; -1: test
+    valid: np.ndarray  # (P,) bool a real example (not padding)
+
+
+class Tables(NamedTuple):
+    """Each message's outputs on every pool example (host arrays)."""
+
+    loss: np.ndarray  # (M, P) cross-entropy
+    phi: np.ndarray  # (M, P) LiRA statistic log p_y - log sum_{j != y} p_j
+    p_true: np.ndarray  # (M, P) probability of the true label
+
+
+class AttackContext(NamedTuple):
+    received: Received
+    pool: Pool
+    tables: Tables
+    num_peers: int
+    num_classes: int
+    seed: int
+    apply_fn: Callable  # (params, x) -> logits of one model
+    init_fn: Callable  # key -> params of one fresh model (shadows)
+    train: Any  # {"batch_size", "steps", "lr", "momentum"} of the scenario
+
+
+class AttackResult(NamedTuple):
+    rows: list[dict]
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]  # label -> pooled scores
+    messages: int = 0  # messages attacked
+
+
+def register_attack(name: str):
+    """Registers ``fn(ctx: AttackContext, **kwargs) -> AttackResult``."""
+    return ATTACKS.register(name)
+
+
+def pool_of(eval_data) -> Pool:
+    """The pool from the engine's EvalData: every peer's train rows, then test."""
+    tx, ty, size = eval_data.train
+    n, m = ty.shape
+    owner = np.concatenate(
+        [np.repeat(np.arange(n), m), np.full(eval_data.test_y.shape[0], -1)]
+    )
+    valid = np.concatenate(
+        [
+            (np.arange(m)[None] < np.asarray(size)[:, None]).reshape(-1),
+            np.asarray(eval_data.test_mask) > 0,
+        ]
+    )
+    x = jnp.concatenate([tx.reshape((n * m,) + tx.shape[2:]), eval_data.test_x])
+    y = jnp.concatenate([ty.reshape(-1), eval_data.test_y])
+    return Pool(x, y, owner, valid)
+
+
+def tables_of(apply_fn: Callable, models, pool: Pool) -> Tables:
+    """Every message's loss, LiRA statistic and p_true on every pool example."""
+    out = shadow_outputs(apply_fn, models, pool.x, pool.y, EVAL_BATCH)
+    out = jax.device_get(out)
+    return Tables(-np.asarray(out.log_p), np.asarray(out.phi), np.asarray(out.p_true))
+
+
+# --------------------------------------------------------------------- rows
+
+
+def row(round_, victim, attacker, attack, **values) -> dict:
+    return {
+        "round": int(round_),
+        "victim": victim,
+        "attacker": attacker,
+        "attack": attack,
+        **values,
+    }
+
+
+def members_of(ctx: AttackContext, i: int) -> np.ndarray:
+    """Pool indices of message i's members: its victim's training examples."""
+    v = ctx.received.victim[i]
+    return np.flatnonzero((ctx.pool.owner == v) & ctx.pool.valid)
+
+
+def nonmembers_of(ctx: AttackContext) -> np.ndarray:
+    return np.flatnonzero((ctx.pool.owner < 0) & ctx.pool.valid)
+
+
+def by_round(ctx: AttackContext) -> dict[int, np.ndarray]:
+    """{round: indices of its messages}, rounds ascending."""
+    r = ctx.received.round
+    return {int(k): np.flatnonzero(r == k) for k in np.unique(r)}
+
+
+def score_rows(
+    ctx: AttackContext, attack: str, scores: np.ndarray, extra: Callable | None = None
+) -> AttackResult:
+    """Rows of a membership score (M, P): per message and pooled per round.
+
+    ``extra(i, member_idx, nonmember_idx)`` adds columns to message i's row.
+    The curve (pooled scores) is that of the last round.
+    """
+    out, curves = [], {}
+    out_idx = nonmembers_of(ctx)
+    rec = ctx.received
+    for r, msgs in by_round(ctx).items():
+        ins, outs = [], []
+        for i in msgs:
+            in_idx = members_of(ctx, i)
+            inside, outside = scores[i, in_idx], scores[i, out_idx]
+            ins.append(inside)
+            outs.append(outside)
+            more = extra(i, in_idx, out_idx) if extra else {}
+            metrics = attack_metrics(inside, outside)
+            out.append(
+                row(r, int(rec.victim[i]), rec.attacker[i], attack, **metrics, **more)
+            )
+        pooled = np.concatenate(ins), np.concatenate(outs)
+        out.append(row(r, "all", "all", attack, **attack_metrics(*pooled)))
+        curves = {attack: pooled}
+    return AttackResult(out, curves)
+
+
+# ------------------------------------------------------------------ attacks
+
+
+@register_attack("threshold")
+def threshold(ctx: AttackContext) -> AttackResult:
+    """Loss threshold (Yeom et al. 2018): score = -loss; every message's row also
+    has the biased threshold (fraction of members among the k lowest losses)."""
+
+    def biased(i, in_idx, out_idx):
+        loss = ctx.tables.loss[i]
+        frac = lowest_member_fraction(loss[in_idx], loss[out_idx], BIASED_KS)
+        return {
+            f"lowest_{k}": float(f)
+            for k, f in zip(BIASED_KS, np.asarray(frac), strict=True)
+        }
+
+    return score_rows(ctx, "threshold", -ctx.tables.loss, biased)
+
+
+@register_attack("threshold_balanced")
+def threshold_balanced(ctx: AttackContext) -> AttackResult:
+    """The loss threshold with non-members subsampled to the member count."""
+    out_idx = nonmembers_of(ctx)
+    rows = []
+    rec = ctx.received
+    for r, msgs in by_round(ctx).items():
+        for i in msgs:
+            inside = members_of(ctx, i)
+            who = zlib.crc32(rec.attacker[i].encode())  # same draw however batched
+            rng = np.random.default_rng((ctx.seed, r, int(rec.victim[i]), who))
+            take = rng.permutation(out_idx)[: len(inside)]
+            loss = ctx.tables.loss[i]
+            rows.append(
+                row(
+                    r,
+                    int(ctx.received.victim[i]),
+                    ctx.received.attacker[i],
+                    "threshold_balanced",
+                    **attack_metrics(-loss[inside], -loss[take]),
+                )
+            )
+    return AttackResult(rows, {})
+
+
+@register_attack("threshold_class")
+def threshold_class(ctx: AttackContext) -> AttackResult:
+    """The loss threshold per class, pooled over each round's messages."""
+    labels = np.asarray(ctx.pool.y)
+    out_idx = nonmembers_of(ctx)
+    rows = []
+    for r, msgs in by_round(ctx).items():
+        ins = np.concatenate([members_of(ctx, i) for i in msgs])
+        which = np.concatenate([np.full(len(members_of(ctx, i)), i) for i in msgs])
+        outs = np.tile(out_idx, len(msgs))
+        which_out = np.repeat(msgs, len(out_idx))
+        s_in = -ctx.tables.loss[which, ins]
+        s_out = -ctx.tables.loss[which_out, outs]
+        for c in range(ctx.num_classes):
+            a, b = s_in[labels[ins] == c], s_out[labels[outs] == c]
+            if a.size and b.size:
+                rows.append(
+                    row(
+                        r,
+                        "all",
+                        "all",
+                        "threshold_class",
+                        **{"class": c},
+                        **attack_metrics(a, b),
+                    )
+                )
+    return AttackResult(rows, {})
+
+
+@register_attack("linkability")
+def linkability(ctx: AttackContext) -> AttackResult:
+    """Guess each message's source as the peer whose training set gives it the
+    lowest mean loss: top-1, top-5 and mean rank of the true source."""
+    n = ctx.num_peers
+    valid = ctx.pool.valid & (ctx.pool.owner >= 0)
+    onehot = (ctx.pool.owner[None] == np.arange(n)[:, None]) & valid[None]  # (n, P)
+    mean_loss = ctx.tables.loss @ onehot.T / np.maximum(onehot.sum(1), 1)  # (M, n)
+    ranks = np.asarray(
+        source_ranks(jnp.asarray(mean_loss), jnp.asarray(ctx.received.victim))
+    )
+    rows = []
+
+    def figures(rk):
+        return {
+            "top1": float(np.mean(rk <= 1)),
+            "top5": float(np.mean(rk <= 5)),
+            "mean_rank": float(np.mean(rk)),
+        }
+
+    for r, msgs in by_round(ctx).items():
+        for i in msgs:
+            rows.append(
+                row(
+                    r,
+                    int(ctx.received.victim[i]),
+                    ctx.received.attacker[i],
+                    "linkability",
+                    **figures(ranks[i : i + 1]),
+                )
+            )
+        rows.append(row(r, "all", "all", "linkability", **figures(ranks[msgs])))
+    return AttackResult(rows, {})
+
+
+# ---------------------------------------------------------------- running
+
+
+def attack_specs(names) -> list[dict]:
+    """The scenario's attacks as ``{name, **kwargs}`` specs."""
+    return [{"name": a} if isinstance(a, str) else dict(a) for a in names]
+
+
+def run_attacks(ctx: AttackContext, specs) -> AttackResult:
+    """Runs each attack spec; their rows in order, and all their curves."""
+    rows, curves = [], {}
+    for i, spec in enumerate(attack_specs(specs)):
+        result = ATTACKS.build(spec, f"privacy.attacks[{i}]", ctx=ctx)
+        rows += result.rows
+        curves.update(result.curves)
+    return AttackResult(rows, curves, len(ctx.received.round))
