@@ -25,19 +25,40 @@ from workbench.errors import ScenarioError
 
 
 @DATASETS.register("digits")
-def digits(data_dir: str, seed: int, test_fraction: float = 0.2) -> Dataset:
+def digits(
+    data_dir: str, seed: int, test_fraction: float = 0.2, label_noise: float = 0.0
+) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1797 images, embedded; no download).
 
     Pixels (0..16) are scaled to [0, 1]; inputs are (8, 8, 1). The test set is
     the last ``test_fraction`` of the rows after a shuffle seeded by ``seed``.
+    ``label_noise`` replaces that fraction of all labels (training and test
+    alike, before the split) by another class drawn uniformly (seeded):
+    examples a model can only fit by memorising them, as in the membership
+    inference sanity checks; members and non-members stay alike, so a model
+    that memorised nothing leaves a loss threshold attack at AUC 0.5.
     """
     del data_dir
     import sklearn.datasets  # slow import (~2 s): only when digits are loaded
 
+    if not 0.0 <= label_noise < 1.0:
+        raise ScenarioError(
+            "data.options.label_noise", f"must be in [0, 1), got {label_noise}"
+        )
     bunch = sklearn.datasets.load_digits()
     x = (bunch.images / 16.0).astype(np.float32)[..., None]
-    tx, ty, vx, vy = split_test(x, bunch.target, test_fraction, seed)
+    y = flip_labels(bunch.target, label_noise, 10, seed)
+    tx, ty, vx, vy = split_test(x, y, test_fraction, seed)
     return make_dataset("digits", (tx, ty), (vx, vy), 10)
+
+
+def flip_labels(y: np.ndarray, fraction: float, classes: int, seed: int) -> np.ndarray:
+    """``y`` with round(fraction * len(y)) labels (seeded) moved to another class."""
+    rng = np.random.default_rng([seed, 0x1AB])
+    chosen = rng.choice(len(y), round(fraction * len(y)), replace=False)
+    out = y.copy()
+    out[chosen] = (y[chosen] + rng.integers(1, classes, len(chosen))) % classes
+    return out
 
 
 def _check_synthetic(alpha: float, beta: float, num_users: int, dim: int) -> None:
