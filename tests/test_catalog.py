@@ -75,7 +75,7 @@ def test_entries_show_keyword_arguments_defaults_and_types():
     assert "  logistic" in models
     datasets = _block(text, "datasets")
     assert "  npz(path: str, num_classes: int | None = None)" in datasets
-    assert "  digits(test_fraction: float = 0.2)" in datasets
+    assert "  digits(test_fraction: float = 0.2, label_noise: float = 0.0)" in datasets
     assert _block(text, "weights") == ["  max_degree", "  metropolis", "  uniform"]
     assert _block(text, "optimizers") == ["  adam", "  adamw", "  momentum", "  sgd"]
     assert "  step(boundaries: list[int], factor: float = 0.1)" in _block(
@@ -86,7 +86,10 @@ def test_entries_show_keyword_arguments_defaults_and_types():
 def test_engine_supplied_arguments_are_left_out():
     assert [a.name for a in arguments("topologies", "ring")] == ["weights", "lazy"]
     assert [a.name for a in arguments("models", "cnn")] == ["hidden", "conv_impl"]
-    assert [a.name for a in arguments("datasets", "digits")] == ["test_fraction"]
+    assert [a.name for a in arguments("datasets", "digits")] == [
+        "test_fraction",
+        "label_noise",
+    ]
     assert arguments("weights", "metropolis") == []  # called as rule(G, A)
     for kind in KINDS:
         context = set(registry(kind).context)

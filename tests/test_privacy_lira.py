@@ -1,6 +1,6 @@
 """LiRA / RMIA scores against hand computations, shadows, and the toy sanity check.
 
-The toy (SPEC_PRIVACY.md, shrunk to run in seconds on two CPU cores): 32
+The LiRA paper's toy (shrunk to run in seconds on two CPU cores): 32
 two-layer MLPs trained vmapped on complementary halves of 500 samples with 20%
 flipped labels, evaluated leave-one-model-out, so 32 x 250 = 8000 members and
 8000 non-members are pooled and TPR at 0.1% FPR rests on 8 false positives.

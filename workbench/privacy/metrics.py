@@ -1,7 +1,7 @@
 """Attack metrics over membership scores, computed on the host.
 
 A score is "higher = more likely a member". ``attack_metrics`` gives the figures
-SPEC_PRIVACY.md asks for with every attack result: ROC AUC, balanced accuracy
+the privacy evaluation reports with every attack result: ROC AUC, balanced accuracy
 max(1 - (FPR + FNR) / 2), advantage max |TPR - FPR|, TPR at FPR = 1%, 0.1% and
 0.001% (the last only with >= 1e5 non-members, NaN otherwise), and the member
 and non-member counts. TPR at FPR = x is the largest TPR among ROC points with

@@ -1,6 +1,6 @@
 """Shadow models: S models trained at once, vmapped over a stacked shadow axis.
 
-This is the "centralized proxy" shadow of SPEC_PRIVACY.md: one model trained
+This is the "centralized proxy" shadow: one model trained
 on the victim's data pool with each example's membership toggled. Membership
 is a per-example LOSS WEIGHT, so every shadow runs the same shapes and the S
 axis is a plain ``jax.vmap``: each step draws ``batch_size`` indices uniformly
