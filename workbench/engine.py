@@ -148,6 +148,7 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
     weights = sizes if by_size else np.ones_like(sizes)
     attacker = None
     if capture is not None:
+        steps = alg_kwargs.get("local_steps", 1)
         check_messages(spec, sc.seed, state, data, topology, weights, params)
         attacker = Attacker(
             config=sc.privacy,
@@ -160,7 +161,12 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
             num_peers=n,
             num_classes=fed.num_classes,
             seed=sc.seed,
-            train={**opt_cfg, "batch_size": sc.data.batch_size, "rounds": sc.rounds},
+            train={
+                "optimizer": optimizer(steps),
+                "batch_size": sc.data.batch_size,
+                "local_steps": steps,
+                "rounds": sc.rounds,
+            },
         )
     return Simulation(
         scenario=sc,

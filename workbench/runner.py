@@ -42,6 +42,7 @@ from workbench.planner import (
     peak_memory,
     use_compilation_cache,
 )
+from workbench.privacy.guarantees import ACCOUNTING_JSON, accounting
 from workbench.privacy.stage import PrivacyLog
 from workbench.progress import RunProgress
 from workbench.results import CsvLog, Scalars, read_csv, write_json
@@ -173,10 +174,13 @@ def simulate(
     peers = CsvLog(run_dir / "peers.csv", peer_cols)
     metrics.truncate_after(totals.round)
     peers.truncate_after(totals.round)
-    privacy = None
+    privacy = report = None
     if sim.attacker is not None:
         privacy = PrivacyLog(run_dir, sim.attacker)
         privacy.truncate_after(totals.round)
+        report = accounting(sim)
+        if report is not None:
+            write_json(run_dir / ACCOUNTING_JSON, report)
     kept = checkpoint.path if checkpoint else None
     start, t0 = totals.round, time.perf_counter()
     scenario = scenario_to_dict(sc)
@@ -263,6 +267,8 @@ def simulate(
         summary["memory"]["budget_bytes"] = plan.budget.bytes
     if privacy is not None:
         summary["privacy"] = _privacy_summary(sim, privacy)
+        if report is not None:
+            summary["privacy"]["accounting"] = report
     write_json(run_dir / "summary.json", summary)
     return summary
 

@@ -72,6 +72,9 @@ class Algorithm(NamedTuple):
     message: Callable | None = None  # (outbox, sender, receiver, key); edge only
     uses_topology: bool = False  # whether local/combine read ``topo``
     init_topology: bool = False  # init(params, key, topo): state sized by the graph
+    # a defense's DP mechanism, {"mechanism": name, **parameters}, for the
+    # accounting (workbench.privacy.guarantees); None: no formal guarantee
+    privacy: dict | None = None
 
 
 def local_steps(

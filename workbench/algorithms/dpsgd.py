@@ -77,10 +77,15 @@ def _dpsgd(
         raise ScenarioError(
             "algorithm.noise_multiplier", f"must be >= 0, got {noise_multiplier}"
         )
+    mechanism = {
+        "mechanism": "dpsgd",
+        "noise_multiplier": noise_multiplier,
+        "local_steps": local_steps,
+    }
     return dpsgd(
         loss_fn,
         optimizer(local_steps),
         clip=clip,
         noise_multiplier=noise_multiplier,
         steps=local_steps,
-    )
+    )._replace(privacy=mechanism)

@@ -178,6 +178,16 @@ def _muffliato(
     if chebyshev:
         lam, _ = _spectral(graph, "acceleration: chebyshev")
         omegas = constant_omegas(lam, gossip_steps)
+    # the pairwise accounting is that of noise added to the model (paper); the
+    # others noise a gradient or only the first message: no declared mechanism
+    mechanism = None
+    if variant == "paper":
+        mechanism = {
+            "mechanism": "muffliato",
+            "sigma": sigma,
+            "gossip_steps": gossip_steps,
+            "omegas": None if omegas is None else [float(w) for w in omegas],
+        }
     return muffliato(
         loss_fn,
         optimizer(local_steps),
@@ -187,4 +197,4 @@ def _muffliato(
         variant=variant,
         clip=clip,
         steps=local_steps,
-    )
+    )._replace(privacy=mechanism)

@@ -138,4 +138,4 @@ def _zerosum(
         raise ScenarioError("algorithm.sigma", f"must be >= 0, got {sigma}")
     return zerosum(
         loss_fn, optimizer(local_steps), sigma=sigma, form=form, steps=local_steps
-    )
+    )._replace(privacy={"mechanism": "zerosum", "sigma": sigma})

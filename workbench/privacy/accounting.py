@@ -40,22 +40,27 @@ def _dense(W) -> np.ndarray:
     return np.asarray(W, np.float64)
 
 
-def gossip_matrices(W, steps: int, chebyshev_rho: float | None = None) -> list:
+def gossip_matrices(
+    W, steps: int, chebyshev_rho: float | None = None, omegas=None
+) -> list:
     """Effective mixing M_1 .. M_T after t = 1..T gossip steps.
 
     Plain gossip: M_t = W^t. Chebyshev (``chebyshev_rho`` = ||W - J||_2): the
     recursion of ``workbench.algorithms.gossip``, M_0 = I, M_1 = W,
     M_{k+1} = omega_k W M_k + (1 - omega_k) M_{k-1}, i.e. M_t = P_t(W).
+    ``omegas`` (T,) gives the recursion's omegas directly (Muffliato's constant
+    omega); it takes precedence over ``chebyshev_rho``.
 
     Returns:
       A list of ``steps`` (n, n) float64 arrays.
     """
     W = _dense(W)
-    omegas = (
-        np.ones(steps)
-        if chebyshev_rho is None
-        else chebyshev_omegas(chebyshev_rho, steps)
-    )
+    if omegas is None:
+        omegas = (
+            np.ones(steps)
+            if chebyshev_rho is None
+            else chebyshev_omegas(chebyshev_rho, steps)
+        )
     prev, cur, out = np.eye(len(W)), np.eye(len(W)), []
     for omega in omegas:
         prev, cur = cur, omega * (W @ cur) + (1.0 - omega) * prev
@@ -74,11 +79,11 @@ def local_rdp(sigma: float, alpha: float, sensitivity: float = 1.0) -> float:
     return alpha * sensitivity**2 / (2.0 * sigma**2)
 
 
-def _leakage(W, steps: int, chebyshev_rho: float | None) -> np.ndarray:
+def _leakage(W, steps: int, chebyshev_rho: float | None, omegas=None) -> np.ndarray:
     """(n, n) S[u, v] = sum_t sum_{w in N(v)} (M_t)_{wu}^2 / ||(M_t)_{w,:}||^2."""
     A = closed_neighbourhood(W).astype(np.float64)
     S = np.zeros(A.shape)
-    for M in gossip_matrices(W, steps, chebyshev_rho):
+    for M in gossip_matrices(W, steps, chebyshev_rho, omegas):
         R = M**2 / np.sum(M**2, axis=1, keepdims=True)  # R[w, u]
         S += (A @ R).T
     return S
@@ -91,6 +96,7 @@ def pairwise_network_rdp(
     alpha: float,
     sensitivity: float = 1.0,
     chebyshev_rho: float | None = None,
+    omegas=None,
 ) -> np.ndarray:
     """Pairwise network RDP of one Muffliato round (Cyffers et al. 2022).
 
@@ -108,11 +114,12 @@ def pairwise_network_rdp(
       alpha: Renyi order.
       sensitivity: l2 sensitivity Delta of x_u to u's data.
       chebyshev_rho: ||W - J||_2 for Chebyshev gossip; None for plain W^t.
+      omegas: (T,) the gossip recursion's omegas, instead of ``chebyshev_rho``.
 
     Returns:
       (n, n) float64 eps[u, v], the RDP of u's data at node v.
     """
-    S = _leakage(W, steps, chebyshev_rho)
+    S = _leakage(W, steps, chebyshev_rho, omegas)
     return np.minimum(S, 1.0) * local_rdp(sigma, alpha, sensitivity)
 
 
@@ -165,6 +172,7 @@ def network_epsilon(
     sensitivity: float = 1.0,
     orders: Sequence[float] = DEFAULT_ORDERS,
     chebyshev_rho: float | None = None,
+    omegas=None,
 ) -> np.ndarray:
     """(n, n) pairwise (epsilon, delta)-DP eps[u, v] after ``rounds`` rounds.
 
@@ -173,7 +181,7 @@ def network_epsilon(
     """
     orders = np.asarray(orders, np.float64)
     per_order = rounds * pairwise_network_rdp(
-        W, sigma, steps, 1.0, sensitivity, chebyshev_rho
+        W, sigma, steps, 1.0, sensitivity, chebyshev_rho, omegas
     )
     values, inverse = np.unique(per_order, return_inverse=True)
     eps = np.array([rdp_to_dp(c * orders, delta, orders) for c in values])
@@ -200,6 +208,7 @@ def privacy_report(
     sensitivity: float = 1.0,
     orders: Sequence[float] = DEFAULT_ORDERS,
     chebyshev_rho: float | None = None,
+    omegas=None,
 ) -> dict:
     """JSON-ready summary: pairwise network epsilon over edges and non-edges.
 
@@ -207,7 +216,7 @@ def privacy_report(
     ``local_epsilon`` is the local-DP epsilon of the same noise (the cap).
     """
     eps = network_epsilon(
-        W, sigma, steps, rounds, delta, sensitivity, orders, chebyshev_rho
+        W, sigma, steps, rounds, delta, sensitivity, orders, chebyshev_rho, omegas
     )
     A = closed_neighbourhood(W)
     off = ~np.eye(len(A), dtype=bool)

@@ -67,7 +67,7 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, bound: float) -> float:
     return float(np.max(tpr[fpr <= bound]))  # (0, 0) is always a point
 
 
-def attack_metrics(member_scores, nonmember_scores) -> dict[str, float]:
+def attack_metrics(member_scores, nonmember_scores) -> dict[str, float | int]:
     """The METRIC_KEYS figures of an attack, from its scores on both sides.
 
     Args:
@@ -75,8 +75,9 @@ def attack_metrics(member_scores, nonmember_scores) -> dict[str, float]:
         nonmember_scores: (k,) scores of the non-members.
 
     Returns:
-        {key: float} for every key of METRIC_KEYS, in that order;
-        ``tpr_at_fpr_0.001pct`` is NaN with fewer than 1e5 non-members.
+        {key: value} for every key of METRIC_KEYS, in that order: floats, but
+        the two counts are ints; ``tpr_at_fpr_0.001pct`` is NaN with fewer
+        than 1e5 non-members.
     """
     labels, scores = _labelled(member_scores, nonmember_scores)
     fpr, tpr, _ = skm.roc_curve(labels, scores)
@@ -88,8 +89,8 @@ def attack_metrics(member_scores, nonmember_scores) -> dict[str, float]:
     }
     for name, bound, needed in _LOW_FPR:
         out[name] = tpr_at_fpr(fpr, tpr, bound) if nonmembers >= needed else np.nan
-    out["members"] = float(labels.sum())
-    out["nonmembers"] = float(nonmembers)
+    out["members"] = int(labels.sum())
+    out["nonmembers"] = nonmembers
     return out
 
 

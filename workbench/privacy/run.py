@@ -69,7 +69,8 @@ class AttackContext(NamedTuple):
     seed: int
     apply_fn: Callable  # (params, x) -> logits of one model
     init_fn: Callable  # key -> params of one fresh model (shadows)
-    train: Any  # {"batch_size", "steps", "lr", "momentum"} of the scenario
+    train: Any  # {"optimizer", "batch_size", "local_steps", "rounds"} of the peers
+    cache: dict  # what attacks share within one call (e.g. trained shadows)
 
 
 class AttackResult(NamedTuple):
@@ -290,3 +291,7 @@ def run_attacks(ctx: AttackContext, specs) -> AttackResult:
         rows += result.rows
         curves.update(result.curves)
     return AttackResult(rows, curves, len(ctx.received.round))
+
+
+# registers lira and rmia (they build on the helpers above)
+from workbench.privacy import reference_attacks  # noqa: E402, F401

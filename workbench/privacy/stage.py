@@ -69,7 +69,7 @@ class Attacker:
     num_peers: int
     num_classes: int
     seed: int
-    train: dict  # batch_size, steps, lr, momentum: how the peers trained
+    train: dict  # optimizer (optax), batch_size, local_steps, rounds of the peers
     _pool: Pool | None = None
 
     @property
@@ -112,6 +112,7 @@ class Attacker:
             self.apply_fn,
             self.init_fn,
             self.train,
+            {},
         )
         return run_attacks(ctx, specs if specs is not None else self.config.attacks)
 
@@ -172,7 +173,13 @@ def rerun(sim, run_dir: Path, specs=None) -> AttackResult:
             f"{run_dir}: no saved messages under privacy/ (was privacy.save_messages "
             "off, or did the run stop before its first attacked round?)"
         )
-    result = attacker.attack(records, specs)
+    # record by record, as the run attacked them: the same rows in the same order
+    results = [attacker.attack([rec], specs) for rec in records]
+    result = AttackResult(
+        [row for res in results for row in res.rows],
+        results[-1].curves,
+        sum(res.messages for res in results),
+    )
     names = {r["attack"] for r in result.rows}
     path = run_dir / PRIVACY_CSV
     kept = []

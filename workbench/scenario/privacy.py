@@ -7,6 +7,8 @@
       colluding: [[1, 2]]     # attacker sets besides each single neighbour
       attacks: [threshold, linkability]
       save_messages: true     # privacy/messages_*.msgpack, for `workbench privacy`
+      delta: 1.0e-5           # the accounting's (epsilon, delta)
+      sensitivity: 1.0        # l2 sensitivity the defense's noise is measured in
 
 Only the chosen victims' messages at the chosen rounds are kept (captured in
 the jitted chunk), never the whole history.
@@ -41,6 +43,8 @@ class PrivacyConfig(FrozenModel):
         the victim (W-weighted mean of the per-edge messages).
       attacks: ATTACKS entries run after every chunk (``workbench list attacks``).
       save_messages: keep the captured messages in the run directory.
+      delta: delta of the (epsilon, delta) accounting of a defense.
+      sensitivity: the l2 sensitivity sigma is measured against.
     """
 
     victims: Literal["all"] | int | tuple[int, ...] = "all"
@@ -49,6 +53,8 @@ class PrivacyConfig(FrozenModel):
     colluding: tuple[tuple[int, ...], ...] = ()
     attacks: tuple[str | FrozenDict, ...] = DEFAULT_ATTACKS
     save_messages: bool = True
+    delta: float = Field(1e-5, gt=0, lt=1)
+    sensitivity: float = Field(1.0, gt=0)
 
     @field_validator("victims", "at", "colluding", mode="before")
     @classmethod
