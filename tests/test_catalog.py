@@ -24,6 +24,7 @@ def test_kinds_cover_every_registry():
         "metrics",
         "optimizers",
         "schedules",
+        "attacks",
     )
     assert [registry(k).kind for k in KINDS] == [
         "algorithm",
@@ -36,6 +37,7 @@ def test_kinds_cover_every_registry():
         "metric",
         "optimizer",
         "schedule",
+        "attack",
     ]
 
 

@@ -366,3 +366,72 @@ def test_label_noise_flips_exactly_that_fraction_to_other_classes():
     np.testing.assert_array_equal(
         flip_labels(y, 0.2, 10, 4), flip_labels(y, 0.2, 10, 4)
     )
+
+
+def _fake_run(path, algorithm, accuracy, auc):
+    path.mkdir(parents=True)
+    (path / "scenario.yaml").write_text(yaml.safe_dump({"algorithm": algorithm}))
+    (path / "summary.json").write_text(
+        json.dumps({"final_mean_test_accuracy": accuracy})
+    )
+    fields = ["round", "victim", "attacker", "attack", "class", "auc"]
+    with open(path / "privacy.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerow(
+            {
+                "round": 2,
+                "victim": "all",
+                "attacker": "all",
+                "attack": "threshold",
+                "class": "",
+                "auc": 0.99,
+            }
+        )  # an earlier round: not read
+        w.writerow(
+            {
+                "round": 4,
+                "victim": 0,
+                "attacker": "neighbours",
+                "attack": "threshold",
+                "class": "",
+                "auc": 0.98,
+            }
+        )  # one message
+        w.writerow(
+            {
+                "round": 4,
+                "victim": "all",
+                "attacker": "all",
+                "attack": "threshold",
+                "class": 3,
+                "auc": 0.97,
+            }
+        )  # one class
+        w.writerow(
+            {
+                "round": 4,
+                "victim": "all",
+                "attacker": "all",
+                "attack": "threshold",
+                "class": "",
+                "auc": auc,
+            }
+        )
+
+
+def test_privacy_utility_table_is_mean_and_std_over_seeds(tmp_path, capsys):
+    from paper_figures.privacy_utility import main as figure
+
+    zs = {"name": "zerosum", "sigma": 0.1}
+    _fake_run(tmp_path / "a", zs, 0.6, 0.7)
+    _fake_run(tmp_path / "b", zs, 0.8, 0.5)
+    _fake_run(tmp_path / "c", {"name": "dsgd"}, 0.9, 0.8)
+    runs = [str(tmp_path / r) for r in "abc"]
+    assert figure([*runs, "-o", str(tmp_path / "f.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith(
+        "| zerosum sigma=0.1 | 2 | 0.700 ± 0.100 | 0.600 ± 0.100 |"
+    )
+    assert lines[3].startswith("| dsgd | 1 | 0.900 ± 0.000 | 0.800 ± 0.000 |")
+    assert (tmp_path / "f.png").stat().st_size > 0
