@@ -435,3 +435,69 @@ def test_privacy_utility_table_is_mean_and_std_over_seeds(tmp_path, capsys):
     )
     assert lines[3].startswith("| dsgd | 1 | 0.900 ± 0.000 | 0.800 ± 0.000 |")
     assert (tmp_path / "f.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("variant", ["decentralizepy", "paper"])
+def test_marginalized_attacker_recovers_the_victims_own_model(tmp_path, variant):
+    """Knowing W and the step-0 messages, the attacker inverts the victim's
+    step-1 message: with noise only on what is sent (decentralizepy) that is
+    the noiseless model the victim kept; else its own noisy step-0 message."""
+    from workbench.privacy.messages import marginalized
+
+    alg = {
+        "name": "muffliato",
+        "sigma": 0.5,
+        "gossip_steps": 3,
+        "lr": 0.1,
+        "variant": variant,
+    }
+    privacy = {"victims": "all", "at": [2], "marginalized": True}
+    sc = load_scenario(write(tmp_path, algorithm=alg, privacy=privacy, rounds=2))
+    sim = build(sc)
+    state, _, captured = sim.chunk(
+        sim.state, sim.data, sim.topology.data, sim.weights, jnp.int32(0), length=2
+    )
+    rec = sim.attacker.record(captured)
+    assert rec.second is not None and rec.rounds.tolist() == [1]
+    for c, v in enumerate(rec.victims):
+        got = marginalized(rec, 0, c)
+        sent = jax.tree.map(lambda x, c=c: x[0, c], rec.model)
+        if variant == "decentralizepy":  # the noise of round 2's first message
+            want = jax.tree.map(lambda m, z, v=v: m - z[v], sent, state.noise)
+            far = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), got, sent)
+            assert max(jax.tree.leaves(far)) > 0.1  # not the noisy message
+        else:
+            want = sent
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), got, want
+        )
+    got = received(rec, marginal=True)
+    assert got.attacker == ["marginalized", "neighbours"] * 4
+
+
+def test_marginalized_needs_multi_step_gossip_and_every_victim(tmp_path, capsys):
+    for changes, fragment in [
+        ({"privacy": {"marginalized": True}}, "'dsgd' sends one averaged message"),
+        (
+            {
+                "privacy": {"marginalized": True, "victims": [0]},
+                "algorithm": {
+                    "name": "muffliato",
+                    "sigma": 0.1,
+                    "gossip_steps": 2,
+                    "lr": 0.1,
+                },
+            },
+            "use victims: all",
+        ),
+    ]:
+        code = main(
+            [
+                "simulate",
+                str(write(tmp_path, **changes)),
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and fragment in err and "\n" not in err, err

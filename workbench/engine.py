@@ -27,7 +27,7 @@ from workbench.models import build_model, init_params, num_params
 from workbench.objective import make_loss
 from workbench.optim import LocalOptimizer
 from workbench.privacy.messages import model_part
-from workbench.privacy.stage import Attacker, check_privacy
+from workbench.privacy.stage import Attacker, check_marginalized, check_privacy
 from workbench.rounds import (
     TOPOLOGY,
     Capture,
@@ -117,8 +117,11 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
     if sc.privacy is not None:
         check_privacy(sc.privacy, n, sc.rounds)
         victims = sc.privacy.victim_peers(n)
+        check_marginalized(sc.privacy, algorithm, name)
         capture = Capture(
-            victims, rounds=sc.privacy.attack_rounds(sc.rounds, sc.eval_every)
+            victims,
+            rounds=sc.privacy.attack_rounds(sc.rounds, sc.eval_every),
+            second=sc.privacy.marginalized,
         )
 
     def runtime(strategy: tuple[str, int | None]):

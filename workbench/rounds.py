@@ -57,6 +57,10 @@ class Capture(NamedTuple):
     peers: tuple[int, ...]
     every: int = 1
     rounds: tuple[int, ...] | None = None
+    # also what each captured peer sends at gossip step 1 (multi-step gossip):
+    # with its in-neighbours' step-0 messages, the victim's own model (the
+    # marginalized-victim attacker)
+    second: bool = False
 
     def slots(self, length: int) -> int:
         """Most captured rounds any chunk of ``length`` rounds holds (>= 1)."""
@@ -81,6 +85,15 @@ class Captured(NamedTuple):
     rounds: jax.Array  # (slots,) int32 round of each slot, -1 if unused
     sent: jax.Array  # (slots, p) bool: the captured peer sent that round
     outbox: Any  # leaves (slots, p, ...): what each captured peer sent
+    second: Any = None  # leaves (slots, p, ...): its gossip step-1 message
+
+
+class Sent(NamedTuple):
+    """A round's messages: the participants' first and, if asked, step 1's."""
+
+    peers: jax.Array  # (m,) int participants
+    outbox: Any  # leaves (m, ...) what they sent first
+    second: Any = None  # leaves (n, ...) what every peer sent at gossip step 1
 
 
 class RoundSpec(NamedTuple):
@@ -224,10 +237,13 @@ def make_round(spec: RoundSpec, seed: int) -> Callable:
     """``round(state, t, data, topo_data, weights) -> state, Traffic, outbox``.
 
     Only the ``spec.participants`` sampled peers run ``local`` (the others are
-    not computed at all); ``outbox`` is the participants' first message.
+    not computed at all); ``outbox`` is a :class:`Sent`: the participants'
+    first message and, when ``spec.capture.second``, every peer's message at
+    gossip step 1.
     """
     n, m = spec.num_peers, spec.participants
     ph = make_phases(spec, seed)
+    want_second = spec.capture is not None and spec.capture.second
 
     def one_round(state, t, data: PeerData, topo_data, weights):
         peers = ph.select(t)
@@ -246,41 +262,58 @@ def make_round(spec: RoundSpec, seed: int) -> Callable:
             return (ph.combine(state, inbox, view), sent + more, server + srv), None
 
         more_steps = spec.algorithm.rounds.gossip_steps - 1
+        second = None
+        if more_steps and want_second:  # step 1 outside the scan, to keep it
+            second = plain(ph.resend(state, view))
+            (state, sent, server), _ = gossip((state, sent, server), None)
+            more_steps -= 1
         if more_steps:  # a scan, so T gossip steps compile once, not T times
             carry = (state, sent, server)
             (state, sent, server), _ = jax.lax.scan(gossip, carry, None, more_steps)
-        return state, Traffic(sent, server), (peers, outbox)
+        return state, Traffic(sent, server), Sent(peers, outbox, second)
 
     return one_round
 
 
-def _capture_init(capture: Capture, outbox_shape, length: int) -> Captured:
+def _capture_init(capture: Capture, shapes: Sent, length: int) -> Captured:
     slots, p = capture.slots(length), len(capture.peers)
-    zeros = jax.tree.map(
-        lambda s: jnp.zeros((slots, p) + s.shape[1:], s.dtype), outbox_shape
-    )
+
+    def zeros(tree):
+        return jax.tree.map(
+            lambda s: jnp.zeros((slots, p) + s.shape[1:], s.dtype), tree
+        )
+
     return Captured(
-        jnp.full((slots,), -1, jnp.int32), jnp.zeros((slots, p), bool), zeros
+        jnp.full((slots,), -1, jnp.int32),
+        jnp.zeros((slots, p), bool),
+        zeros(shapes.outbox),
+        None if shapes.second is None else zeros(shapes.second),
     )
 
 
-def _capture_step(buf: Captured, capture: Capture, t, start, peers, outbox, n):
+def _capture_step(buf: Captured, capture: Capture, t, start, sent_: Sent):
     """Writes the captured peers' messages of round t into their slot."""
+    peers = sent_.peers
     chosen = jnp.asarray(capture.peers, jnp.int32)
     pos = jnp.searchsorted(peers, chosen)
     pos = jnp.minimum(pos, peers.shape[0] - 1)
     sent = peers[pos] == chosen
     slot, keep = capture.slot(t, start)
     slot = jnp.clip(slot, 0, buf.rounds.shape[0] - 1)
-    values = jax.tree.map(lambda x: x[pos], plain(outbox))
+    values = jax.tree.map(lambda x: x[pos], plain(sent_.outbox))
 
     def write(old, new):
         return old.at[slot].set(jnp.where(keep, new, old[slot]))
 
+    second = buf.second
+    if second is not None:  # step 1's messages are every peer's: index by id
+        step1 = jax.tree.map(lambda x: x[chosen], sent_.second)
+        second = jax.tree.map(write, second, step1)
     return Captured(
         write(buf.rounds, t),
         write(buf.sent, sent),
         jax.tree.map(write, buf.outbox, values),
+        second,
     )
 
 
@@ -291,21 +324,22 @@ def make_chunk(spec: RoundSpec, seed: int) -> Callable:
     ``spec.capture``, a third value: the :class:`Captured` outboxes.
     """
     one_round = make_round(spec, seed)
-    n, capture = spec.num_peers, spec.capture
+    capture = spec.capture
 
     def chunk(state, data, topo_data, weights, start, length: int):
         def body(carry, t):
             st, buf = carry
-            st, traffic, (peers, outbox) = one_round(st, t, data, topo_data, weights)
+            st, traffic, sent = one_round(st, t, data, topo_data, weights)
             if capture is not None:
-                buf = _capture_step(buf, capture, t, start, peers, outbox, n)
+                buf = _capture_step(buf, capture, t, start, sent)
             return (st, buf), traffic
 
         buf = None
         if capture is not None:
             shapes = jax.eval_shape(
-                lambda: plain(one_round(state, start, data, topo_data, weights)[2][1])
+                lambda: one_round(state, start, data, topo_data, weights)[2]
             )
+            shapes = shapes._replace(outbox=plain(shapes.outbox))
             buf = _capture_init(capture, shapes, length)
         rounds = start + jnp.arange(length, dtype=jnp.int32)
         (state, buf), traffic = jax.lax.scan(body, (state, buf), rounds)

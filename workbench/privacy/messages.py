@@ -38,6 +38,7 @@ class Record(NamedTuple):
     per_edge: bool
     receivers: np.ndarray  # (slots, p, k - 1) int receiver of each edge row, -1 none
     weights: np.ndarray  # (slots, p, k - 1) W between victim and receiver (0: none)
+    second: Any = None  # leaves (slots, p, ...): gossip step 1's message, if kept
 
 
 class Received(NamedTuple):
@@ -46,7 +47,7 @@ class Received(NamedTuple):
     model: Any  # leaves (M, ...): the model the attacker received
     round: np.ndarray  # (M,) int 1-based round (as in metrics.csv)
     victim: np.ndarray  # (M,) int
-    attacker: list[str]  # (M,) "neighbours" | "peer j" | "set s"
+    attacker: list[str]  # (M,) "neighbours" | "peer j" | "set s" | "marginalized"
 
 
 def model_part(outbox, params_like) -> tuple[Any, bool]:
@@ -85,6 +86,10 @@ def record(captured, victims, params_like, table_idx, table_weight) -> Record:
     receivers = np.where(real, idx[victims, 1:], -1)
     receivers = np.broadcast_to(receivers, (slots,) + receivers.shape).copy()
     weights = np.broadcast_to(np.where(real, w[victims, 1:], 0.0), receivers.shape)
+    second = None
+    if captured.second is not None:
+        second, _ = model_part(captured.second, params_like)
+        second = jax.tree.map(np.asarray, jax.device_get(second))
     return Record(
         rounds,
         np.asarray(captured.sent),
@@ -93,11 +98,37 @@ def record(captured, victims, params_like, table_idx, table_weight) -> Record:
         per_edge,
         receivers,
         weights.copy(),
+        second,
     )
 
 
-def received(rec: Record, colluding=()) -> Received:
-    """Every (round, victim, attacker) message of a record, stacked."""
+def marginalized(rec: Record, s: int, c: int):
+    """The victim's own model from its gossip step-1 message (column c, slot s).
+
+    An attacker that knows W and every step-0 message the victim averaged
+    (all its in-neighbours are captured peers) inverts the average:
+    theta_v = (m1_v - sum_{j != v} W_vj m0_j) / W_vv, W_vv = 1 - sum_j W_vj.
+    With noise added only to what is sent (Muffliato's decentralizepy
+    variant) this is the victim's noiseless model; else its step-0 message.
+    """
+    col = {int(v): i for i, v in enumerate(rec.victims)}
+    to, w = rec.receivers[s, c], rec.weights[s, c]
+    others = [(col[int(j)], wj) for j, wj in zip(to, w, strict=True) if j >= 0]
+    self_w = 1.0 - sum(wj for _, wj in others)
+
+    def invert(m1, m0):
+        mixed = sum(wj * m0[s, i] for i, wj in others)
+        return (m1[s, c] - mixed) / self_w
+
+    return jax.tree.map(invert, rec.second, rec.model)
+
+
+def received(rec: Record, colluding=(), marginal: bool = False) -> Received:
+    """Every (round, victim, attacker) message of a record, stacked.
+
+    ``marginal`` adds the ``marginalized`` attacker's reconstruction of each
+    victim's own model (needs the record's step-1 messages).
+    """
     parts, rounds, victims, attackers = [], [], [], []
 
     def add(tree, r, v, who):
@@ -113,6 +144,8 @@ def received(rec: Record, colluding=()) -> Received:
             if not rec.sent[s, c]:
                 continue
             msg = jax.tree.map(lambda x, s=s, c=c: x[s, c], rec.model)
+            if marginal and rec.second is not None:
+                add(marginalized(rec, s, c), r, v, "marginalized")
             if not rec.per_edge:
                 add(msg, r, v, "neighbours")
                 continue
@@ -140,7 +173,10 @@ def save(run_dir: Path, rec: Record) -> Path:
     state = {
         "format": FORMAT,
         "version": VERSION,
-        "record": {**rec._asdict(), "per_edge": np.bool_(rec.per_edge)},
+        "record": {
+            **{k: v for k, v in rec._asdict().items() if v is not None},
+            "per_edge": np.bool_(rec.per_edge),
+        },
     }
     tmp = path.with_suffix(".tmp")
     with disk_errors(path):
@@ -157,7 +193,8 @@ def load(path: Path) -> Record:
         if state.get("format") != FORMAT:
             raise ValueError("not a workbench messages file")
         raw = state["record"]
-        fields = {k: raw[k] for k in Record._fields}
+        fields = {k: raw[k] for k in Record._fields if k != "second"}
+        fields["second"] = raw.get("second")
         fields["per_edge"] = bool(fields["per_edge"])
         return Record(**fields)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:

@@ -48,11 +48,30 @@ def check_privacy(cfg: PrivacyConfig, n: int, rounds: int) -> None:
         raise ScenarioError(
             "privacy.at", f"round {max(cfg.at)} is past the last round ({rounds})"
         )
+    if cfg.marginalized and cfg.victims != "all":
+        raise ScenarioError(
+            "privacy.marginalized",
+            "the marginalized attacker needs every in-neighbour's message: "
+            "use victims: all",
+        )
     for i, group in enumerate(cfg.colluding):
         if not group or min(group) < 0 or max(group) >= n:
             raise ScenarioError(
                 f"privacy.colluding[{i}]", f"expected peers in 0..{n - 1}, got {group}"
             )
+
+
+def check_marginalized(cfg: PrivacyConfig, algorithm, name: str) -> None:
+    """A one-line ScenarioError if the algorithm has no gossip step 1 to invert."""
+    if not cfg.marginalized:
+        return
+    if algorithm.rounds.gossip_steps < 2 or algorithm.exchange != "average":
+        raise ScenarioError(
+            "privacy.marginalized",
+            f"'{name}' sends one averaged message per round; the marginalized "
+            "attacker inverts gossip step 1 (multi_gossip, muffliato with "
+            "gossip_steps >= 2)",
+        )
 
 
 @dataclasses.dataclass
@@ -82,7 +101,8 @@ class Attacker:
         return record(captured, self.capture.peers, self.params_like, *self.table)
 
     def messages(self, records) -> Received:
-        parts = [received(r, self.config.colluding) for r in records]
+        cfg = self.config
+        parts = [received(r, cfg.colluding, cfg.marginalized) for r in records]
         parts = [p for p in parts if len(p.round)]
         if not parts:
             return Received(None, np.zeros(0, int), np.zeros(0, int), [])
@@ -120,9 +140,8 @@ class Attacker:
         """Bytes the capture buffer of a chunk of ``length`` rounds holds."""
         leaves = jax.tree.leaves(self.params_like)
         model = sum(x.size * x.dtype.itemsize for x in leaves)
-        return (
-            self.capture.slots(length) * len(self.capture.peers) * model * per_edge_rows
-        )
+        rows = per_edge_rows + (1 if self.capture.second else 0)  # + step 1's
+        return self.capture.slots(length) * len(self.capture.peers) * model * rows
 
 
 class PrivacyLog:

@@ -7,6 +7,7 @@
       colluding: [[1, 2]]     # attacker sets besides each single neighbour
       attacks: [threshold, linkability]
       save_messages: true     # privacy/messages_*.msgpack, for `workbench privacy`
+      marginalized: false     # add the attacker that knows W (multi-step gossip)
       delta: 1.0e-5           # the accounting's (epsilon, delta)
       sensitivity: 1.0        # l2 sensitivity the defense's noise is measured in
 
@@ -43,6 +44,10 @@ class PrivacyConfig(FrozenModel):
         the victim (W-weighted mean of the per-edge messages).
       attacks: ATTACKS entries run after every chunk (``workbench list attacks``).
       save_messages: keep the captured messages in the run directory.
+      marginalized: add the ``marginalized`` attacker: it knows W and every
+        step-0 message a victim averaged, and strips them from the victim's
+        gossip step-1 message to get its own model (victims: all; an
+        algorithm with gossip_steps >= 2).
       delta: delta of the (epsilon, delta) accounting of a defense.
       sensitivity: the l2 sensitivity sigma is measured against.
     """
@@ -53,6 +58,7 @@ class PrivacyConfig(FrozenModel):
     colluding: tuple[tuple[int, ...], ...] = ()
     attacks: tuple[str | FrozenDict, ...] = DEFAULT_ATTACKS
     save_messages: bool = True
+    marginalized: bool = False
     delta: float = Field(1e-5, gt=0, lt=1)
     sensitivity: float = Field(1.0, gt=0)
 
