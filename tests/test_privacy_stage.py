@@ -223,6 +223,22 @@ def test_lira_rows_are_the_statistic_on_the_runs_shadows(tiny_run):
         (r,) = [r for r in res.rows if r["victim"] == int(msgs.victim[i])]
         assert r["attack"] == variant
         assert r["auc"] == pytest.approx(want["auc"], abs=1e-9)
+    # RMIA by hand: the fraction of test examples z that x dominates
+    z, i = nonmembers_of(ctx), 2
+    inside, members = sh.in_mask, members_of(ctx, i)
+    p_t = tables.p_true[i].astype(np.float64)
+    out_p = np.where(inside, 0.0, sh.p_true).astype(np.float64)
+    mean_out = out_p.sum(0) / (~inside).sum(0)
+    for variant, marginal in (
+        ("online", sh.p_true.astype(np.float64).mean(0)),
+        ("offline", 0.65 * mean_out + 0.35),  # a = 0.3
+    ):
+        ratio = p_t / marginal
+        score = (ratio[:, None] > ratio[None, z]).mean(1)
+        want = attack_metrics(score[members], score[z])
+        res = ra.rmia(ctx, variant=variant, shadows=4, steps=5)
+        (r,) = [r for r in res.rows if r["victim"] == int(msgs.victim[i])]
+        assert r["auc"] == pytest.approx(want["auc"], abs=2e-3), variant
     # default steps: the passes over its data a peer had made by then
     half = att.pool.valid.sum() / 2
     per_peer = (att.pool.valid & (att.pool.owner >= 0)).sum() / 4
