@@ -138,6 +138,30 @@ def test_zerosum_without_noise_is_dsgd():
     np.testing.assert_allclose(a.params["w"], b.params["w"], atol=1e-6)
 
 
+def test_zerosum_averaging_steps_are_gossip_steps_with_fresh_zero_sum_noise():
+    """T averaging steps per round: sigma 0 is T-step gossip exactly; with
+    noise every step keeps the mean, draws new noise, and is paid for."""
+    W = random_graph_weights()
+    a, _ = run(zerosum(pull_loss, optax.sgd(0.3), sigma=0.0, gossip_steps=3), W, 2)
+    b, _ = run(multi_gossip(pull_loss, optax.sgd(0.3), gossip_steps=3), W, 2)
+    np.testing.assert_allclose(a.params["w"], b.params["w"], atol=1e-6)
+    p0 = params0()
+    noisy = zerosum(pull_loss, optax.sgd(0.0), sigma=1.0, gossip_steps=3)
+    state, traffic = run(noisy, W, 2, p0)
+    drift = np.abs(np.asarray(state.params["w"]).mean(0) - p0["w"].mean(0))
+    assert drift.max() < 1e-6
+    degrees = (W > 0).sum(1) - 1
+    np.testing.assert_array_equal(np.asarray(traffic.sent[0]), 3 * degrees * D * 32)
+    # fresh noise each step: three steps of noise spread the models more than
+    # one step would, starting from the same models with sigma as the only change
+    one, _ = run(zerosum(pull_loss, optax.sgd(0.0), sigma=1.0), W, 1, p0)
+    three, _ = run(noisy, W, 1, p0)
+    quiet, _ = run(multi_gossip(pull_loss, optax.sgd(0.0), gossip_steps=3), W, 1, p0)
+    gap = np.abs(np.asarray(three.params["w"]) - np.asarray(quiet.params["w"])).max()
+    assert gap > 0.05  # not just the first step's noise, averaged away
+    assert not np.allclose(three.params["w"], one.params["w"])
+
+
 # ---------------------------------------------------------------- Muffliato
 
 

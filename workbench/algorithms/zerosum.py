@@ -10,15 +10,18 @@ weighs a's message by W_va = W_av and the global mean is unchanged, while no
 neighbour sees a's model without noise. ``form: code`` is the decentralizepy
 code's version: the d_a noises have std sigma sqrt(d_a / (d_a - 1)) and their
 plain mean is subtracted (Z = Y - mean Y; the self noise counts as a virtual
-neighbour); it cancels exactly only for uniform weights 1/d_a. One averaging
-step per round (Zip-DL: one per SGD step); messages are per edge (``PerEdge``
-outbox, ``edge`` exchange), so each is counted once per edge.
+neighbour); it cancels exactly only for uniform weights 1/d_a.
+``gossip_steps`` T averaging steps per round (Zip-DL's averaging rounds), each
+with fresh zero-sum noise on the current model; messages are per edge
+(``PerEdge`` outbox, ``edge`` exchange), so each is counted once per edge and
+step.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
+import annotated_types
 import jax
 import jax.numpy as jnp
 import optax
@@ -36,6 +39,7 @@ from workbench.algorithms.noise import gaussian_like
 from workbench.algorithms.registry import ALGORITHMS
 from workbench.comm.messages import PerEdge
 from workbench.errors import ScenarioError
+from workbench.keys import KEY_IMPL
 
 Form = Literal["paper", "code"]
 
@@ -45,6 +49,7 @@ class ZeroSumState(NamedTuple):
     opt_state: PyTree  # the local optimizer's state, same stacking
     own: PyTree  # x_a + Z_{a->a}: this round's self term of the average, like params
     loss: jax.Array  # () mean training loss of the last local steps
+    key: jax.Array  # uint32 raw data of the current averaging step's noise key
 
 
 def _rows(c: jax.Array, v: jax.Array) -> jax.Array:
@@ -88,23 +93,38 @@ def zerosum(
     sigma: float,
     form: Form = "paper",
     steps: int = 1,
+    gossip_steps: int = 1,
 ) -> Algorithm:
-    """D-SGD (adapt-then-combine) whose messages carry zero-sum per-edge noise."""
+    """D-SGD (adapt-then-combine) whose messages carry zero-sum per-edge noise.
+
+    With ``gossip_steps`` T > 1 every averaging step draws fresh noise from the
+    step's key (kept in the state, advanced by each combine); the combine then
+    redraws its own column from that key instead of storing it from ``resend``.
+    """
+
+    def noisy(params, topo, key):  # leaves (k, ...): x_a + Z_{a->c} per column
+        if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.wrap_key_data(key, impl=KEY_IMPL)
+        z = zero_sum_noise(key, topo, params, sigma, form)
+        return jax.tree.map(lambda x, e: x[None] + e, params, z)
 
     def init(params, key):
-        del key
         own = jax.tree.map(jnp.zeros_like, params)  # set by local before combine
-        return ZeroSumState(params, local_opt.init(params), own, jnp.zeros(()))
+        del key  # local sets the step key before any use
+        raw = jax.random.key_data(jax.random.key(0, impl=KEY_IMPL))  # plain array
+        return ZeroSumState(params, local_opt.init(params), own, jnp.zeros(()), raw)
 
     def local(state, batches, topo, key):
         params, opt_state, loss = local_steps(
             loss_fn, local_opt, state.params, state.opt_state, batches
         )
-        z = zero_sum_noise(key, topo, params, sigma, form)
-        sent = jax.tree.map(lambda x, e: x[None] + e, params, z)  # (k, ...)
+        sent = noisy(params, topo, key)
         own = jax.tree.map(lambda v: v[0], sent)
-        new = ZeroSumState(params, opt_state, own, loss)
+        new = ZeroSumState(params, opt_state, own, loss, jax.random.key_data(key))
         return new, PerEdge(from_neighbours(sent))
+
+    def resend(state, topo):
+        return PerEdge(from_neighbours(noisy(state.params, topo, state.key)))
 
     def message(outbox, sender, receiver, key):
         del sender, receiver, key
@@ -114,14 +134,25 @@ def zerosum(
         c = jnp.where(inbox.mask, inbox.weight, 0.0)
         others = column_sum(inbox.messages, c)
         w_self = topo.weight[0]
-        params = jax.tree.map(
-            lambda o, s: o + w_self.astype(s.dtype) * s, others, state.own
-        )
-        return state._replace(params=params)
+        own = state.own
+        if gossip_steps > 1:  # this step's self term, from the step's key
+            own = jax.tree.map(lambda v: v[0], noisy(state.params, topo, state.key))
+        params = jax.tree.map(lambda o, s: o + w_self.astype(s.dtype) * s, others, own)
+        step = jax.random.fold_in(jax.random.wrap_key_data(state.key, impl=KEY_IMPL), 1)
+        return state._replace(params=params, key=jax.random.key_data(step))
 
-    rounds = RoundStructure(local_steps=steps, undirected=True)
+    rounds = RoundStructure(
+        local_steps=steps, gossip_steps=gossip_steps, undirected=True
+    )
     return Algorithm(
-        init, local, combine, "edge", rounds, message=message, uses_topology=True
+        init,
+        local,
+        combine,
+        "edge",
+        rounds,
+        resend=resend if gossip_steps > 1 else None,
+        message=message,
+        uses_topology=True,
     )
 
 
@@ -132,10 +163,16 @@ def _zerosum(
     *,
     sigma: float = 0.0,
     form: Form = "paper",
+    gossip_steps: Annotated[int, annotated_types.Ge(1)] = 1,
     local_steps: int = 1,
 ) -> Algorithm:
     if not sigma >= 0:
         raise ScenarioError("algorithm.sigma", f"must be >= 0, got {sigma}")
     return zerosum(
-        loss_fn, optimizer(local_steps), sigma=sigma, form=form, steps=local_steps
+        loss_fn,
+        optimizer(local_steps),
+        sigma=sigma,
+        form=form,
+        steps=local_steps,
+        gossip_steps=gossip_steps,
     )._replace(privacy={"mechanism": "zerosum", "sigma": sigma})
