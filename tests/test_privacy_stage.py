@@ -517,3 +517,80 @@ def test_marginalized_needs_multi_step_gossip_and_every_victim(tmp_path, capsys)
         )
         err = capsys.readouterr().err.strip()
         assert code == 2 and fragment in err and "\n" not in err, err
+
+
+RUNS = {"name": "lira", "shadow": "runs", "shadows": 4}
+
+
+def test_shadow_runs_replay_the_real_run_and_rerun_identically(tmp_path):
+    """A shadow run given the real data and state sends the real messages;
+    the runs advanced chunk by chunk in the run equal a replay from round 0."""
+    from workbench.privacy import shadow_runs
+
+    privacy = {**TINY["privacy"], "attacks": [RUNS, {**RUNS, "name": "rmia"}]}
+    out, table = simulate(tmp_path, privacy=privacy)
+    sim = build(load_scenario(out / "scenario.yaml"))
+    setup = sim.attacker.runs
+    one = jax.tree.map(lambda x: x[None], sim.state)
+    data = jax.tree.map(lambda x: jnp.asarray(x)[None], setup.data)
+    _, bufs = shadow_runs._advance(setup, one, data, 0, 4)
+    saved = load_all(out)
+    for buf, rec in zip(bufs, saved, strict=True):
+        got = sim.attacker.record(jax.tree.map(lambda a: a[0], buf))
+        np.testing.assert_array_equal(got.rounds, rec.rounds)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+            got.model,
+            rec.model,
+        )
+    run = tmp_path / "again"
+    import shutil
+
+    shutil.copytree(out, run)
+    assert main(["privacy", str(run)]) == 0
+    assert rows(run / "privacy.csv") == table
+    names = {r["attack"] for r in table}
+    assert names == {"lira_runs", "rmia_runs"}
+
+
+def test_shadow_run_candidates_are_in_exactly_half_the_runs(tiny_run):
+    from workbench.privacy import reference_attacks as ra
+    from workbench.privacy import shadow_runs
+
+    out, _ = tiny_run
+    sim = build(load_scenario(out / "scenario.yaml"))
+    att = sim.attacker
+    msgs = att.messages(load_all(out)[:1])
+    tables = tables_of(att.apply_fn, jax.tree.map(np.asarray, msgs.model), att.pool)
+    ctx = AttackContext(
+        msgs,
+        att.pool,
+        tables,
+        4,
+        10,
+        att.seed,
+        att.apply_fn,
+        att.init_fn,
+        att.train,
+        {},
+        att.runs,
+        att.record,
+    )
+    cands = shadow_runs.candidates(ctx)
+    runs = shadow_runs.shadow_messages(ctx, 4, att.record)
+    for p in range(4):
+        both = np.concatenate([cands.members[p], cands.outsiders[p]])
+        assert runs.in_mask[:, both, p].sum(0).tolist() == [2] * both.size
+        assert runs.in_mask[:, :, p].sum() == 2 * both.size  # nothing else
+        assert np.all(att.pool.owner[cands.outsiders[p]] < 0)  # test examples
+    # the attack's row is lira_online on the message's candidates
+    result = ra.lira(ctx, shadow="runs", shadows=4)
+    i = 3
+    target, stats, inside, mem, outs = shadow_runs.message_view(ctx, runs, i, "phi")
+    s = np.asarray(
+        lira_online(jnp.asarray(target), jnp.asarray(stats), jnp.asarray(inside))
+    )
+    want = attack_metrics(s[mem], s[outs])
+    (r,) = [r for r in result.rows if r["victim"] == int(msgs.victim[i])]
+    assert r["auc"] == pytest.approx(want["auc"], abs=1e-9)
+    assert r["nonmembers"] == r["members"] == mem.size

@@ -27,6 +27,7 @@ from workbench.models import build_model, init_params, num_params
 from workbench.objective import make_loss
 from workbench.optim import LocalOptimizer
 from workbench.privacy.messages import model_part
+from workbench.privacy.shadow_runs import RunSetup
 from workbench.privacy.stage import Attacker, check_marginalized, check_privacy
 from workbench.rounds import (
     TOPOLOGY,
@@ -170,6 +171,19 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
                 "local_steps": steps,
                 "rounds": sc.rounds,
             },
+            runs=RunSetup(
+                chunk=make_chunk(spec, sc.seed),
+                init=lambda key: init(
+                    jax.tree.map(stack, init_params(model, fed.input_shape, key)),
+                    keys,
+                    topology.data,
+                ),
+                data=fed.train,
+                topo_data=topology.data,
+                weights=jnp.asarray(weights),
+                eval_every=sc.eval_every,
+                rounds=sc.rounds,
+            ),
         )
     return Simulation(
         scenario=sc,

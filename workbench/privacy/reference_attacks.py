@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.errors import WorkbenchError
 from workbench.privacy.lira import lira_offline, lira_online, rmia_offline, rmia_online
 from workbench.privacy.run import (
     AttackContext,
@@ -125,23 +126,32 @@ def lira(
     variant: Literal["online", "offline"] = "online",
     fixed_variance: bool = False,
     shadows: ShadowCount = 16,
+    shadow: Literal["proxy", "runs"] = "proxy",
     steps: Steps | None = None,
     chunk: Chunk | None = None,
 ) -> AttackResult:
     """LiRA (Carlini et al. 2022) against each message, S shadows per round:
     online compares the IN and OUT Gaussians of the shadows' phi, offline
-    the OUT one alone."""
+    the OUT one alone. ``shadow: runs`` uses S decentralized shadow runs
+    (``workbench.privacy.shadow_runs``) instead of the centralized proxy."""
     attack = partial(
         lira_online if variant == "online" else lira_offline,
         fixed_variance=fixed_variance,
     )
+    name = "lira" if variant == "online" else "lira_offline"
+    if shadow == "runs":
+
+        def one(target, stats, inside, outsiders):
+            del outsiders
+            return attack(target, stats, inside)
+
+        return run_rows(ctx, name + "_runs", "phi", one, shadows)
 
     def score(msgs, sh: Shadows):
         shadow_in = jnp.asarray(sh.in_mask)
         one = lambda t: attack(t, jnp.asarray(sh.phi), shadow_in)  # noqa: E731
         return np.asarray(jax.vmap(one)(jnp.asarray(ctx.tables.phi[msgs])))
 
-    name = "lira" if variant == "online" else "lira_offline"
     scores = per_round_scores(ctx, score, (shadows, steps, chunk))
     return score_rows(ctx, name, scores)
 
@@ -154,13 +164,28 @@ def rmia(
     gamma: Annotated[float, annotated_types.Gt(0)] = 1.0,
     a: Annotated[float, annotated_types.Interval(ge=0, le=1)] = 0.3,
     shadows: ShadowCount = 16,
+    shadow: Literal["proxy", "runs"] = "proxy",
     steps: Steps | None = None,
     chunk: Chunk | None = None,
 ) -> AttackResult:
     """RMIA (Zarifzadeh et al. 2024) against each message: the fraction of
     population samples z (the test set) that x dominates in likelihood ratio.
-    Offline uses only each example's OUT shadows, with p(x) scaled by ``a``."""
+    Offline uses only each example's OUT shadows, with p(x) scaled by ``a``.
+    ``shadow: runs``: decentralized shadow runs, z the victim's outsiders."""
     z = nonmembers_of(ctx)
+    name = "rmia" if variant == "online" else "rmia_offline"
+    if shadow == "runs":
+
+        def one(target, ref, inside, zs):
+            if variant == "online":
+                return rmia_online(target, ref, target[zs], ref[:, zs], gamma)
+            out = ~inside
+            mean_out = jnp.sum(jnp.where(out, ref, 0), 0) / jnp.sum(out, 0)
+            return rmia_offline(
+                target, mean_out[None], target[zs], mean_out[None, zs], a, gamma
+            )
+
+        return run_rows(ctx, name + "_runs", "p_true", one, shadows)
 
     def score(msgs, sh: Shadows):
         p = jnp.asarray(ctx.tables.p_true[msgs])  # (k, P)
@@ -176,6 +201,31 @@ def rmia(
             )
         return np.asarray(jax.vmap(one)(p))
 
-    name = "rmia" if variant == "online" else "rmia_offline"
     scores = per_round_scores(ctx, score, (shadows, steps, chunk))
     return score_rows(ctx, name, scores)
+
+
+def run_rows(ctx: AttackContext, name: str, field: str, score, count: int):
+    """Rows of ``score(target, shadows, in, outsider idx)`` on each message's
+    candidates, its shadows being the decentralized shadow runs' messages."""
+    from workbench.privacy import shadow_runs  # it builds on this module's peers
+
+    if ctx.runs is None:
+        raise WorkbenchError(f"{name}: shadow runs need the run's simulation")
+    runs = shadow_runs.shadow_messages(ctx, count, ctx.record)
+
+    def split(i):
+        target, stats, inside, members, outsiders = shadow_runs.message_view(
+            ctx, runs, i, field
+        )
+        s = np.asarray(
+            score(
+                jnp.asarray(target),
+                jnp.asarray(stats),
+                jnp.asarray(inside),
+                jnp.asarray(outsiders),
+            )
+        )
+        return s[members], s[outsiders]
+
+    return score_rows(ctx, name, None, split=split)

@@ -70,7 +70,9 @@ class AttackContext(NamedTuple):
     apply_fn: Callable  # (params, x) -> logits of one model
     init_fn: Callable  # key -> params of one fresh model (shadows)
     train: Any  # {"optimizer", "batch_size", "local_steps", "rounds"} of the peers
-    cache: dict  # what attacks share within one call (e.g. trained shadows)
+    cache: dict  # what attacks share, kept by the Attacker across chunks
+    runs: Any = None  # shadow_runs.RunSetup: what decentralized shadow runs need
+    record: Callable | None = None  # Captured -> messages.Record (shadow runs)
 
 
 class AttackResult(NamedTuple):
@@ -139,11 +141,17 @@ def by_round(ctx: AttackContext) -> dict[int, np.ndarray]:
 
 
 def score_rows(
-    ctx: AttackContext, attack: str, scores: np.ndarray, extra: Callable | None = None
+    ctx: AttackContext,
+    attack: str,
+    scores: np.ndarray | None,
+    extra: Callable | None = None,
+    split: Callable | None = None,
 ) -> AttackResult:
     """Rows of a membership score (M, P): per message and pooled per round.
 
     ``extra(i, member_idx, nonmember_idx)`` adds columns to message i's row.
+    ``split(i) -> (member scores, non-member scores)`` replaces ``scores`` for
+    attacks whose members and non-members differ per message.
     The curve (pooled scores) is that of the last round.
     """
     out, curves = [], {}
@@ -153,7 +161,10 @@ def score_rows(
         ins, outs = [], []
         for i in msgs:
             in_idx = members_of(ctx, i)
-            inside, outside = scores[i, in_idx], scores[i, out_idx]
+            if split is not None:
+                inside, outside = split(i)
+            else:
+                inside, outside = scores[i, in_idx], scores[i, out_idx]
             ins.append(inside)
             outs.append(outside)
             more = extra(i, in_idx, out_idx) if extra else {}

@@ -89,6 +89,8 @@ class Attacker:
     num_classes: int
     seed: int
     train: dict  # optimizer (optax), batch_size, local_steps, rounds of the peers
+    runs: Any = None  # shadow_runs.RunSetup: decentralized shadow runs
+    cache: dict = dataclasses.field(default_factory=dict)  # attacks' shared state
     _pool: Pool | None = None
 
     @property
@@ -132,7 +134,9 @@ class Attacker:
             self.apply_fn,
             self.init_fn,
             self.train,
-            {},
+            self.cache,
+            self.runs,
+            self.record,
         )
         return run_attacks(ctx, specs if specs is not None else self.config.attacks)
 

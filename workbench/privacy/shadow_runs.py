@@ -1,0 +1,192 @@
+"""Decentralized shadow runs: S copies of the whole run, vmapped as a stacked axis.
+
+A shadow run is the scenario itself (same graph, algorithm, schedule) with
+every peer's local dataset redrawn: peer p's candidates are its own evaluated
+training examples T_p and as many test examples U_p (disjoint blocks of the
+test set while it lasts), and shadow run s trains peer p on a random half of
+them; shadows 2i and 2i + 1 take complementary halves, so each candidate is
+IN peer p's data for exactly S/2 shadow runs. Every shadow run keeps the
+dataset's shapes (a peer holds |T_p| examples, as in the real run), so the S
+runs are one ``jax.vmap`` of the engine's own chunk, and each captures the
+same victims at the same rounds. Each run starts from its own initial model
+(key ``fold_in(seed, s)``); the batch draws follow the scenario's seed.
+
+The attack then reads, for the message of victim v at round r, the target's
+statistic on C_v = T_v + U_v next to the shadow runs' statistic on the same
+examples from the same (round, victim, attacker) message: members T_v,
+non-members U_v. The runs advance chunk by chunk with the real run and keep
+their state between chunks (``Attacker.cache``); a resumed run, or
+``workbench privacy``, replays them from round 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.privacy.messages import received
+from workbench.privacy.run import AttackContext, Tables, tables_of
+
+
+class RunSetup(NamedTuple):
+    """What shadow runs need from the simulation (built by the engine)."""
+
+    chunk: Callable  # the engine's jitted chunk (state, data, topo, w, start, length)
+    init: Callable  # key -> one run's stacked initial state
+    data: Any  # PeerData (host arrays): the run's training data, (n, m, ...)
+    topo_data: Any
+    weights: Any  # (n,)
+    eval_every: int
+    rounds: int
+
+
+class Candidates(NamedTuple):
+    """Each peer's candidate examples, as pool indices."""
+
+    members: list[np.ndarray]  # T_p: (k_p,) its evaluated training examples
+    outsiders: list[np.ndarray]  # U_p: (k_p,) test examples standing against them
+
+
+class ShadowMessages(NamedTuple):
+    """The shadow runs' view of every message attacked in one call."""
+
+    tables: list[Tables]  # per shadow run: fields (M, P) in ctx.received order
+    in_mask: np.ndarray  # (S, P, n) bool: pool example in peer p's data in run s
+
+
+def candidates(ctx: AttackContext) -> Candidates:
+    """T_p and U_p for every peer; U_p are consecutive test blocks, cycling.
+
+    A peer with more evaluated examples than the test set has keeps its first
+    |test| (U_p must not repeat an example).
+    """
+    pool = ctx.pool
+    test = np.flatnonzero((pool.owner < 0) & pool.valid)
+    members, outsiders, offset = [], [], 0
+    for p in range(ctx.num_peers):
+        t = np.flatnonzero((pool.owner == p) & pool.valid)[: test.size]
+        members.append(t)
+        outsiders.append(test[(offset + np.arange(t.size)) % test.size])
+        offset += t.size
+    return Candidates(members, outsiders)
+
+
+def draw_halves(seed: int, count: int, cands: Candidates) -> list[np.ndarray]:
+    """Per peer (S, 2 k_p) bool: which candidates run s trains peer p on."""
+    rng = np.random.default_rng([seed, 0x5AD0])
+    out = []
+    for t in cands.members:
+        k = t.size
+        first = np.stack([rng.permutation(2 * k) < k for _ in range(count // 2)])
+        out.append(np.stack([first, ~first], axis=1).reshape(count, 2 * k))
+    return out
+
+
+def shadow_data(ctx: AttackContext, setup: RunSetup, cands, halves):
+    """(PeerData with leaves (S, n, m, ...), in_mask (S, P, n))."""
+    pool_x, pool_y = np.asarray(ctx.pool.x), np.asarray(ctx.pool.y)
+    x0, y0 = np.asarray(setup.data.x), np.asarray(setup.data.y)
+    count, n = halves[0].shape[0], ctx.num_peers
+    x = np.zeros((count,) + x0.shape, x0.dtype)
+    y = np.zeros((count,) + y0.shape, y0.dtype)
+    size = np.zeros((count, n), np.asarray(setup.data.size).dtype)
+    in_mask = np.zeros((count, pool_y.shape[0], n), bool)
+    for p in range(n):
+        both = np.concatenate([cands.members[p], cands.outsiders[p]])  # (2 k,)
+        for s in range(count):
+            chosen = both[halves[p][s]]
+            x[s, p, : chosen.size] = pool_x[chosen]
+            y[s, p, : chosen.size] = pool_y[chosen]
+            size[s, p] = chosen.size
+            in_mask[s, chosen, p] = True
+    data = type(setup.data)(jnp.asarray(x), jnp.asarray(y), jnp.asarray(size))
+    return data, in_mask
+
+
+def _advance(setup: RunSetup, runs, data, start: int, stop: int):
+    """Runs every shadow from round ``start`` to ``stop``; the chunks' captures."""
+    captured = []
+    while start < stop:
+        length = min(setup.eval_every, setup.rounds - start)
+        step = jax.jit(
+            jax.vmap(
+                partial(setup.chunk, length=length), in_axes=(0, 0, None, None, None)
+            )
+        )
+        runs, _, buf = step(
+            runs, data, setup.topo_data, setup.weights, jnp.int32(start)
+        )
+        captured.append(jax.device_get(buf))
+        start += length
+    return runs, captured
+
+
+def shadow_messages(ctx: AttackContext, count: int, record: Callable) -> ShadowMessages:
+    """The shadow runs' messages for every message of ``ctx.received``.
+
+    Args:
+      record: ``Captured -> Record`` (the Attacker's), for one shadow run.
+    """
+    setup: RunSetup = ctx.runs
+    key = ("runs", count)
+    if key not in ctx.cache:
+        cands = candidates(ctx)
+        halves = draw_halves(ctx.seed, count, cands)
+        data, in_mask = shadow_data(ctx, setup, cands, halves)
+        root = jax.random.fold_in(jax.random.key(ctx.seed), 0x5AD1)
+        keys = jax.vmap(partial(jax.random.fold_in, root))(jnp.arange(count))
+        runs = jax.vmap(setup.init)(keys)
+        ctx.cache[key] = {
+            "runs": runs,
+            "data": data,
+            "in": in_mask,
+            "at": 0,
+            "msgs": {},
+        }
+    cache = ctx.cache[key]
+    want = {int(r) for r in ctx.received.round}
+    last = max(want)  # 1-based: the runs must have done rounds 1..last
+    if cache["at"] < last:
+        start = cache["at"]
+        stop = min(setup.rounds, -(-last // setup.eval_every) * setup.eval_every)
+        cache["runs"], bufs = _advance(setup, cache["runs"], cache["data"], start, stop)
+        cache["at"] = stop
+        for buf in bufs:
+            for s in range(count):
+                one = jax.tree.map(lambda a, s=s: a[s], buf)
+                rec = record(one)
+                if (rec.rounds >= 0).any():
+                    got = received(rec)
+                    for i, (r, v, a) in enumerate(
+                        zip(got.round, got.victim, got.attacker, strict=True)
+                    ):
+                        model = jax.tree.map(lambda m, i=i: m[i], got.model)
+                        cache["msgs"][(s, int(r), int(v), a)] = model
+    tables = []
+    rec = ctx.received
+    for s in range(count):
+        models = [
+            cache["msgs"][(s, int(r), int(v), a)]
+            for r, v, a in zip(rec.round, rec.victim, rec.attacker, strict=True)
+        ]
+        stacked = jax.tree.map(lambda *m: np.stack(m), *models)
+        tables.append(tables_of(ctx.apply_fn, stacked, ctx.pool))
+    return ShadowMessages(tables, cache["in"])
+
+
+def message_view(ctx: AttackContext, shadows: ShadowMessages, i: int, field: str):
+    """(target (2k,), shadows (S, 2k), in (S, 2k), members idx, outsiders idx) of
+    message i on its victim's candidates, for the table ``field``."""
+    v = int(ctx.received.victim[i])
+    cands = candidates(ctx)
+    both = np.concatenate([cands.members[v], cands.outsiders[v]])
+    target = getattr(ctx.tables, field)[i, both]
+    stats = np.stack([getattr(t, field)[i, both] for t in shadows.tables])
+    inside = shadows.in_mask[:, both, v]
+    k = cands.members[v].size
+    return target, stats, inside, np.arange(k), np.arange(k, 2 * k)
