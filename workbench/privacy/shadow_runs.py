@@ -176,6 +176,8 @@ def shadow_messages(ctx: AttackContext, count: int, record: Callable) -> ShadowM
         ]
         stacked = jax.tree.map(lambda *m: np.stack(m), *models)
         tables.append(tables_of(ctx.apply_fn, stacked, ctx.pool))
+    # records come in round order: what was attacked now is not needed again
+    cache["msgs"] = {k: m for k, m in cache["msgs"].items() if k[1] > last}
     return ShadowMessages(tables, cache["in"])
 
 
