@@ -151,6 +151,8 @@ def shadow_messages(ctx: AttackContext, count: int, record: Callable) -> ShadowM
     cache = ctx.cache[key]
     want = {int(r) for r in ctx.received.round}
     last = max(want)  # 1-based: the runs must have done rounds 1..last
+    # records come in round order: messages of earlier records are not needed
+    cache["msgs"] = {k: m for k, m in cache["msgs"].items() if k[1] >= min(want)}
     if cache["at"] < last:
         start = cache["at"]
         stop = min(setup.rounds, -(-last // setup.eval_every) * setup.eval_every)
@@ -176,8 +178,6 @@ def shadow_messages(ctx: AttackContext, count: int, record: Callable) -> ShadowM
         ]
         stacked = jax.tree.map(lambda *m: np.stack(m), *models)
         tables.append(tables_of(ctx.apply_fn, stacked, ctx.pool))
-    # records come in round order: what was attacked now is not needed again
-    cache["msgs"] = {k: m for k, m in cache["msgs"].items() if k[1] > last}
     return ShadowMessages(tables, cache["in"])
 
 
