@@ -594,3 +594,33 @@ def test_shadow_run_candidates_are_in_exactly_half_the_runs(tiny_run):
     (r,) = [r for r in result.rows if r["victim"] == int(msgs.victim[i])]
     assert r["auc"] == pytest.approx(want["auc"], abs=1e-9)
     assert r["nonmembers"] == r["members"] == mem.size
+
+
+def test_marginalized_messages_are_pooled_apart(tmp_path):
+    alg = {
+        "name": "muffliato",
+        "sigma": 0.3,
+        "gossip_steps": 2,
+        "lr": 0.1,
+        "variant": "decentralizepy",
+    }
+    privacy = {
+        "victims": "all",
+        "at": [4],
+        "marginalized": True,
+        "attacks": ["threshold", "linkability"],
+    }
+    out, table = simulate(tmp_path, algorithm=alg, privacy=privacy)
+    for attack in ("threshold", "linkability"):
+        pooled = {
+            r["attacker"]
+            for r in table
+            if r["attack"] == attack and r["victim"] == "all"
+        }
+        assert pooled == {"all", "marginalized"}, attack
+    thr = [r for r in table if r["attack"] == "threshold"]
+    for kind, label in (("all", "neighbours"), ("marginalized", "marginalized")):
+        (p,) = [r for r in thr if r["victim"] == "all" and r["attacker"] == kind]
+        single = [r for r in thr if r["attacker"] == label and r["victim"] != "all"]
+        assert len(single) == 4
+        assert int(p["members"]) == sum(int(r["members"]) for r in single)

@@ -5,10 +5,12 @@ messages and examples, on a pool of labelled examples: each peer's training
 examples (the evaluation's first ones per peer) and the test set. Members of a
 message are its victim's training examples, non-members the test examples
 (the decentralizepy / Zip-DL evaluation). An attack reads these tables and
-returns rows: one per message, and one per round pooling every message of
-that round (victim and attacker ``all``), since low-FPR figures need many
-non-members. Attacks are registry entries; a scenario names them, with
-keyword arguments: ``attacks: [threshold, {name: lira, shadows: 16}]``.
+returns rows: one per message, and one per round pooling the messages of
+that round (victim ``all``; attacker ``all`` for the single neighbours, and
+a row of its own for each colluding set and the marginalized attacker), since
+low-FPR figures need many non-members. Attacks are registry entries; a
+scenario names them, with keyword arguments:
+``attacks: [threshold, {name: lira, shadows: 16}]``.
 """
 
 from __future__ import annotations
@@ -158,24 +160,35 @@ def score_rows(
     out_idx = nonmembers_of(ctx)
     rec = ctx.received
     for r, msgs in by_round(ctx).items():
-        ins, outs = [], []
+        ins, outs = {}, {}
         for i in msgs:
             in_idx = members_of(ctx, i)
             if split is not None:
                 inside, outside = split(i)
             else:
                 inside, outside = scores[i, in_idx], scores[i, out_idx]
-            ins.append(inside)
-            outs.append(outside)
+            kind = attacker_kind(rec.attacker[i])
+            ins.setdefault(kind, []).append(inside)
+            outs.setdefault(kind, []).append(outside)
             more = extra(i, in_idx, out_idx) if extra else {}
             metrics = attack_metrics(inside, outside)
             out.append(
                 row(r, int(rec.victim[i]), rec.attacker[i], attack, **metrics, **more)
             )
-        pooled = np.concatenate(ins), np.concatenate(outs)
-        out.append(row(r, "all", "all", attack, **attack_metrics(*pooled)))
-        curves = {attack: pooled}
+        curves = {}
+        for kind in ins:
+            pooled = np.concatenate(ins[kind]), np.concatenate(outs[kind])
+            out.append(row(r, "all", kind, attack, **attack_metrics(*pooled)))
+            curves[attack if kind == "all" else f"{attack} ({kind})"] = pooled
     return AttackResult(out, curves)
+
+
+def attacker_kind(attacker: str) -> str:
+    """The pooled row an attacker's messages go to: single neighbours pool as
+    ``all``; each colluding set and the marginalized attacker on their own."""
+    return (
+        "all" if attacker == "neighbours" or attacker.startswith("peer ") else attacker
+    )
 
 
 # ------------------------------------------------------------------ attacks
@@ -282,7 +295,13 @@ def linkability(ctx: AttackContext) -> AttackResult:
                     **figures(ranks[i : i + 1]),
                 )
             )
-        rows.append(row(r, "all", "all", "linkability", **figures(ranks[msgs])))
+        kinds = np.asarray([attacker_kind(ctx.received.attacker[i]) for i in msgs])
+        for kind in dict.fromkeys(kinds):
+            rows.append(
+                row(
+                    r, "all", kind, "linkability", **figures(ranks[msgs[kinds == kind]])
+                )
+            )
     return AttackResult(rows, {})
 
 
