@@ -42,7 +42,6 @@ from workbench.planner import (
     peak_memory,
     use_compilation_cache,
 )
-from workbench.privacy.guarantees import ACCOUNTING_JSON, accounting
 from workbench.privacy.stage import PrivacyLog
 from workbench.progress import RunProgress
 from workbench.results import CsvLog, Scalars, read_csv, write_json
@@ -178,7 +177,9 @@ def simulate(
     if sim.attacker is not None:
         privacy = PrivacyLog(run_dir, sim.attacker)
         privacy.truncate_after(totals.round)
-        report = accounting(sim)
+        from workbench.privacy.guarantees import ACCOUNTING_JSON, accounting
+
+        report = accounting(sim)  # dp-accounting loads only for privacy runs
         if report is not None:
             write_json(run_dir / ACCOUNTING_JSON, report)
     kept = checkpoint.path if checkpoint else None

@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from sklearn import metrics as skm
+
+# scikit-learn and matplotlib are imported where used: a run without a
+# privacy: section never pays their second of import time.
 
 # (column, FPR bound, non-members needed before the figure is reported)
 _LOW_FPR = (
@@ -57,6 +57,8 @@ def roc(member_scores, nonmember_scores) -> tuple[np.ndarray, np.ndarray]:
     scikit-learn drops collinear intermediate points; every corner stays, so
     maxima over thresholds (and TPR at an FPR bound) read off it are exact.
     """
+    from sklearn import metrics as skm
+
     labels, scores = _labelled(member_scores, nonmember_scores)
     fpr, tpr, _ = skm.roc_curve(labels, scores)
     return fpr, tpr
@@ -79,6 +81,8 @@ def attack_metrics(member_scores, nonmember_scores) -> dict[str, float | int]:
         the two counts are ints; ``tpr_at_fpr_0.001pct`` is NaN with fewer
         than 1e5 non-members.
     """
+    from sklearn import metrics as skm
+
     labels, scores = _labelled(member_scores, nonmember_scores)
     fpr, tpr, _ = skm.roc_curve(labels, scores)
     nonmembers = int(labels.size - labels.sum())
@@ -102,6 +106,10 @@ def plot_roc(
     Zero rates are drawn at the smallest positive FPR of any curve (or 1e-5)
     so that the low-FPR end stays on the axes; the legend gives each AUC.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from sklearn import metrics as skm
+
     positive = [f[f > 0] for f, _ in curves.values()]
     floor = min([1e-5, *(float(p.min()) for p in positive if p.size)])
     figure = Figure(figsize=(5, 5))
