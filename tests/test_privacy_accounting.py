@@ -92,17 +92,19 @@ def test_gossip_matrices_plain_are_powers():
 def test_pairwise_rdp_by_hand_on_path():
     sigma, alpha, delta_ = 2.0, 3.0, 0.5
     L = alpha * delta_**2 / (2 * sigma**2)
+    # T = 1: the only message is the noisy model itself (M_0 = I): neighbours
+    # get the local bound, the far end nothing
     one = pairwise_network_rdp(PATH, sigma, 1, alpha, sensitivity=delta_)
-    # 0 -> 2: N(2) = {1, 2}; w=1: (1/9)/(3/9); w=2: 0.
-    assert one[0, 2] == pytest.approx(L / 3, rel=1e-12)
-    # 1 -> 0: N(0) = {0, 1}; w=0: (1/9)/(5/9); w=1: (1/9)/(3/9).
-    assert one[1, 0] == pytest.approx(L * 8 / 15, rel=1e-12)
-    # 0 -> 1: w=0: (4/9)/(5/9), w=1: 1/3, w=2: 0 -> 17/15 > 1: capped.
-    assert one[0, 1] == pytest.approx(L, rel=1e-12)
+    assert one[0, 1] == one[1, 0] == one[1, 2] == pytest.approx(L, rel=1e-12)
+    assert one[0, 2] == one[2, 0] == 0.0
     two = pairwise_network_rdp(PATH, sigma, 2, alpha, sensitivity=delta_)
-    # t=2 adds w=1: (3/9)^2/(27/81) = 1/3 and w=2: (1/9)^2/(35/81) = 1/35.
-    assert two[0, 2] == pytest.approx(L * (1 / 3 + 1 / 3 + 1 / 35), rel=1e-12)
-    assert one[0, 1] != one[1, 0]  # symmetric W, asymmetric leakage
+    # t = 1 (M_1 = W) adds, for 0 -> 2: N(2) = {1, 2}; w=1: (1/9)/(3/9); w=2: 0.
+    assert two[0, 2] == pytest.approx(L / 3, rel=1e-12)
+    three = pairwise_network_rdp(PATH, sigma, 3, alpha, sensitivity=delta_)
+    # t = 2 (W^2) adds w=1: (3/9)^2/(27/81) = 1/3 and w=2: (1/9)^2/(35/81) = 1/35.
+    assert three[0, 2] == pytest.approx(L * (1 / 3 + 1 / 3 + 1 / 35), rel=1e-12)
+    # 1 -> 0 at T = 2: w=0 (step 1): (1/9)/(5/9) plus step 0's 1: capped
+    assert two[1, 0] == pytest.approx(L, rel=1e-12)
 
 
 def test_complete_graph_reaches_and_keeps_the_local_cap():
@@ -170,26 +172,33 @@ def test_chebyshev_matrices_follow_the_gossip_recursion():
         assert gap == pytest.approx(chebyshev_bound(rho, t), rel=1e-9)
 
 
-def test_ring_one_step_reaches_only_two_hops():
+def test_ring_two_steps_reach_only_two_hops():
     n, sigma, rounds, delta = 8, 1.0, 10, 1e-5
-    eps = network_epsilon(sp.csr_array(ring(n)), sigma, 1, rounds, delta)
     hops = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
     hops = np.minimum(hops, n - hops)
+    one = network_epsilon(sp.csr_array(ring(n)), sigma, 1, rounds, delta)
+    assert np.all(one[hops >= 2] == 0.0)  # one message: the neighbours only
+    eps = network_epsilon(sp.csr_array(ring(n)), sigma, 2, rounds, delta)
     assert np.all(eps[hops >= 3] == 0.0)
-    assert np.all(eps[(hops == 1) | (hops == 2)] > 0)
-    # neighbours: 2/3 of the local RDP per order, converted by hand.
     orders = np.asarray(DEFAULT_ORDERS)
-    rdp = rounds * (2 / 3) * orders / (2 * sigma**2)
     ok = orders > 1.01
-    expected = improved_conversion(orders[ok], rdp[ok], delta)
-    np.testing.assert_allclose(eps[hops == 1], expected, rtol=1e-6)
+
+    def converted(fraction):  # rounds x fraction of the local RDP, by hand
+        rdp = rounds * fraction * orders / (2 * sigma**2)
+        return improved_conversion(orders[ok], rdp[ok], delta)
+
+    # neighbours received the noisy model: the local bound
+    np.testing.assert_allclose(eps[hops == 1], converted(1.0), rtol=1e-6)
+    np.testing.assert_allclose(one[hops == 1], converted(1.0), rtol=1e-6)
+    # two hops: step 1's W row of the middle node, (1/9) / (3/9) = 1/3
+    np.testing.assert_allclose(eps[hops == 2], converted(1 / 3), rtol=1e-6)
 
 
 def test_privacy_report_summarises_edges_and_non_edges():
     n, sigma, rounds, delta = 16, 1.0, 100, 1e-5
-    report = privacy_report(ring(n), sigma, 1, rounds, delta)
+    report = privacy_report(ring(n), sigma, 2, rounds, delta)
     json.dumps(report)
-    eps = network_epsilon(ring(n), sigma, 1, rounds, delta)
+    eps = network_epsilon(ring(n), sigma, 2, rounds, delta)
     assert report["edges"]["count"] == 2 * n
     assert report["non_edges"]["count"] == n * (n - 3)
     assert report["edges"]["mean"] == pytest.approx(eps[0, 1], rel=1e-12)
@@ -199,5 +208,7 @@ def test_privacy_report_summarises_edges_and_non_edges():
     )
     local = gaussian_epsilon(sigma, rounds, delta)
     assert report["local_epsilon"] == pytest.approx(local, rel=1e-12)
-    assert report["edges"]["mean"] < local
+    # edges received the noisy model: the local bound; non-edges less
+    assert report["edges"]["mean"] == pytest.approx(local, rel=1e-6)
+    assert 0 < report["non_edges"]["max"] < local
     assert math.isfinite(local)

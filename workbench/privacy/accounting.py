@@ -5,11 +5,14 @@ goes through ``dp_accounting``.
 
 Muffliato (Cyffers et al. 2022, arXiv 2206.05091) adds Gaussian noise
 N(0, sigma^2 I) once to each x_u and then runs T gossip steps,
-x^t = M_t (x^0 + noise) with M_t = W^t (plain) or P_t(W) (Chebyshev). Node v
-sees the values of its closed neighbourhood N(v) at every step, so the Renyi
-DP of order alpha that u's data leaks to v in one round (pairwise network DP) is
+x^t = M_t (x^0 + noise) with M_0 = I and M_t = W^t (plain) or P_t(W)
+(Chebyshev). The T exchanges of a round send x^0, ..., x^{T-1}: node v sees the
+values of its closed neighbourhood N(v) at steps t = 0..T-1 (step 0 is the
+noisy model itself, so a neighbour of u gets the local-DP bound), and the
+Renyi DP of order alpha that u's data leaks to v in one round (pairwise network
+DP) is
 
-    eps_{u->v}(alpha) = min(1, sum_{t=1}^T sum_{w in N(v)}
+    eps_{u->v}(alpha) = min(1, sum_{t=0}^{T-1} sum_{w in N(v)}
                                (M_t)_{wu}^2 / ||(M_t)_{w,:}||^2)
                         * alpha Delta^2 / (2 sigma^2),
 
@@ -48,8 +51,8 @@ def gossip_matrices(
     Plain gossip: M_t = W^t. Chebyshev (``chebyshev_rho`` = ||W - J||_2): the
     recursion of ``workbench.algorithms.gossip``, M_0 = I, M_1 = W,
     M_{k+1} = omega_k W M_k + (1 - omega_k) M_{k-1}, i.e. M_t = P_t(W).
-    ``omegas`` (T,) gives the recursion's omegas directly (Muffliato's constant
-    omega); it takes precedence over ``chebyshev_rho``.
+    ``omegas`` (>= T,) gives the recursion's omegas directly (Muffliato's
+    constant omega); it takes precedence over ``chebyshev_rho``.
 
     Returns:
       A list of ``steps`` (n, n) float64 arrays.
@@ -62,7 +65,7 @@ def gossip_matrices(
             else chebyshev_omegas(chebyshev_rho, steps)
         )
     prev, cur, out = np.eye(len(W)), np.eye(len(W)), []
-    for omega in omegas:
+    for omega in list(omegas)[:steps]:  # the first ``steps`` of a longer schedule
         prev, cur = cur, omega * (W @ cur) + (1.0 - omega) * prev
         out.append(cur)
     return out
@@ -80,10 +83,14 @@ def local_rdp(sigma: float, alpha: float, sensitivity: float = 1.0) -> float:
 
 
 def _leakage(W, steps: int, chebyshev_rho: float | None, omegas=None) -> np.ndarray:
-    """(n, n) S[u, v] = sum_t sum_{w in N(v)} (M_t)_{wu}^2 / ||(M_t)_{w,:}||^2."""
+    """(n, n) S[u, v] = sum_{t<T} sum_{w in N(v)} (M_t)_{wu}^2 / ||(M_t)_{w,:}||^2.
+
+    The T messages of a round are M_0 = I (the noisy model) to M_{T-1}.
+    """
     A = closed_neighbourhood(W).astype(np.float64)
     S = np.zeros(A.shape)
-    for M in gossip_matrices(W, steps, chebyshev_rho, omegas):
+    sent = [np.eye(len(A))] + gossip_matrices(W, steps - 1, chebyshev_rho, omegas)
+    for M in sent:
         R = M**2 / np.sum(M**2, axis=1, keepdims=True)  # R[w, u]
         S += (A @ R).T
     return S
@@ -100,10 +107,10 @@ def pairwise_network_rdp(
 ) -> np.ndarray:
     """Pairwise network RDP of one Muffliato round (Cyffers et al. 2022).
 
-    eps[u, v] = min(1, sum_{t=1}^T sum_{w in N(v)} (M_t)_{wu}^2 / ||(M_t)_{w,:}||^2)
+    eps[u, v] = min(1, sum_{t=0}^{T-1} sum_{w in N(v)} (M_t)_{wu}^2 / ||(M_t)_{w,:}||^2)
                 * alpha Delta^2 / (2 sigma^2),
 
-    with M_t = W^t (or P_t(W), Chebyshev) and N(v) the closed neighbourhood of
+    with M_t = W^t (or P_t(W), Chebyshev), M_0 = I, and N(v) the closed neighbourhood of
     v in W's graph (``closed_neighbourhood``). The diagonal (u's leakage to
     itself) carries no meaning.
 
