@@ -207,17 +207,25 @@ def test_lira_rows_are_the_statistic_on_the_runs_shadows(tiny_run):
     result = ra.lira(ctx, shadows=4, steps=5)
     sh = ctx.cache[("shadows", 4, 5)]
     assert sh.in_mask[:, att.pool.valid].sum(0).tolist() == [2] * att.pool.valid.sum()
-    for variant, stat in (("lira", lira_online), ("lira_offline", lira_offline)):
-        res = (
-            result
-            if variant == "lira"
-            else ra.lira(ctx, variant="offline", shadows=4, steps=5)
-        )
+    fixed = {"fixed_variance": True}
+    for variant, stat, kw in (
+        ("lira", lira_online, {}),
+        ("lira_offline", lira_offline, {}),
+        ("lira", lira_online, fixed),  # one variance pooled over the real examples
+    ):
+        if variant == "lira" and not kw:
+            res = result
+        else:
+            off = {"variant": "offline"} if variant == "lira_offline" else {}
+            res = ra.lira(ctx, shadows=4, steps=5, **off, **kw)
+        valid = att.pool.valid
         i = 1
-        s = np.asarray(
-            stat(
-                jnp.asarray(tables.phi[i]), jnp.asarray(sh.phi), jnp.asarray(sh.in_mask)
-            )
+        s = np.full(valid.size, np.nan)
+        s[valid] = stat(
+            jnp.asarray(tables.phi[i][valid]),
+            jnp.asarray(sh.phi[:, valid]),
+            jnp.asarray(sh.in_mask[:, valid]),
+            **kw,
         )
         want = attack_metrics(s[members_of(ctx, i)], s[nonmembers_of(ctx)])
         (r,) = [r for r in res.rows if r["victim"] == int(msgs.victim[i])]
@@ -507,6 +515,19 @@ def test_marginalized_needs_multi_step_gossip_and_every_victim(tmp_path, capsys)
             },
             "use victims: all",
         ),
+        (
+            {
+                "privacy": {"marginalized": True},
+                "algorithm": {
+                    "name": "muffliato",
+                    "sigma": 0.1,
+                    "gossip_steps": 2,
+                    "lr": 0.1,
+                },
+                "topology": {"name": "random_matching"},
+            },
+            "changes every round",
+        ),
     ]:
         code = main(
             [
@@ -534,7 +555,8 @@ def test_shadow_runs_replay_the_real_run_and_rerun_identically(tmp_path):
     setup = sim.attacker.runs
     one = jax.tree.map(lambda x: x[None], sim.state)
     data = jax.tree.map(lambda x: jnp.asarray(x)[None], setup.data)
-    _, bufs = shadow_runs._advance(setup, one, data, 0, 4)
+    seeds = jnp.asarray([sim.scenario.seed], jnp.int32)  # the run's own seed
+    _, bufs = shadow_runs.advance(setup, one, data, seeds, 0, 4)
     saved = load_all(out)
     for buf, rec in zip(bufs, saved, strict=True):
         got = sim.attacker.record(jax.tree.map(lambda a: a[0], buf))
@@ -574,10 +596,10 @@ def test_shadow_run_candidates_are_in_exactly_half_the_runs(tiny_run):
         att.train,
         {},
         att.runs,
-        att.record,
+        att.receive,
     )
     cands = shadow_runs.candidates(ctx)
-    runs = shadow_runs.shadow_messages(ctx, 2, att.record)
+    runs = shadow_runs.shadow_messages(ctx, 2, att.receive)
     for p in range(4):
         both = np.concatenate([cands.members[p], cands.outsiders[p]])
         assert runs.in_mask[:, both, p].sum(0).tolist() == [1] * both.size
@@ -624,3 +646,28 @@ def test_marginalized_messages_are_pooled_apart(tmp_path):
         single = [r for r in thr if r["attacker"] == label and r["victim"] != "all"]
         assert len(single) == 4
         assert int(p["members"]) == sum(int(r["members"]) for r in single)
+
+
+def test_shadow_runs_draw_their_own_noise_and_serve_colluding_sets(tmp_path):
+    """Each shadow run has its own seed (never the target's: it would share
+    the defense's noise), and per-edge messages of colluding sets have their
+    shadow counterparts."""
+    from workbench.privacy.shadow_runs import shadow_seeds
+
+    seeds = np.asarray(shadow_seeds(3, 8))
+    assert 3 not in seeds and len(set(seeds.tolist())) == 8
+    alg = {"name": "zerosum", "sigma": 0.1, "lr": 0.1}
+    privacy = {
+        "victims": "all",
+        "at": [2],
+        "colluding": [[1, 3]],
+        "attacks": [{"name": "rmia", "shadow": "runs", "shadows": 2}],
+    }
+    _, table = simulate(tmp_path, algorithm=alg, privacy=privacy)
+    pooled = {r["attacker"] for r in table if r["victim"] == "all"}
+    assert pooled == {"all", "set 0"}
+    assert {r["attacker"] for r in table if r["victim"] == "0"} == {
+        "peer 1",
+        "peer 3",
+        "set 0",
+    }

@@ -35,6 +35,7 @@ from workbench.rounds import (
     EvalData,
     PeerData,
     RoundSpec,
+    chunk_body,
     init_state,
     make_chunk,
     make_round,
@@ -118,7 +119,8 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
     if sc.privacy is not None:
         check_privacy(sc.privacy, n, sc.rounds)
         victims = sc.privacy.victim_peers(n)
-        check_marginalized(sc.privacy, algorithm, name)
+        dynamic = bool(topology.info.get("dynamic"))
+        check_marginalized(sc.privacy, algorithm, name, dynamic)
         capture = Capture(
             victims,
             rounds=sc.privacy.attack_rounds(sc.rounds, sc.eval_every),
@@ -172,7 +174,7 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
                 "rounds": sc.rounds,
             },
             runs=RunSetup(
-                chunk=make_chunk(spec, sc.seed),
+                chunk=functools.partial(chunk_body, spec),
                 init=lambda key: init(
                     jax.tree.map(stack, init_params(model, fed.input_shape, key)),
                     keys,

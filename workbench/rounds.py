@@ -323,6 +323,12 @@ def make_chunk(spec: RoundSpec, seed: int) -> Callable:
     Returns (state, Traffic with leaves (length, ...)) and, with
     ``spec.capture``, a third value: the :class:`Captured` outboxes.
     """
+    return jax.jit(chunk_body(spec, seed), static_argnames="length", donate_argnums=0)
+
+
+def chunk_body(spec: RoundSpec, seed) -> Callable:
+    """:func:`make_chunk`'s function before ``jax.jit``; ``seed`` may be traced
+    (shadow runs vmap whole runs with a seed each)."""
     one_round = make_round(spec, seed)
     capture = spec.capture
 
@@ -345,4 +351,4 @@ def make_chunk(spec: RoundSpec, seed: int) -> Callable:
         (state, buf), traffic = jax.lax.scan(body, (state, buf), rounds)
         return (state, traffic) if capture is None else (state, traffic, buf)
 
-    return jax.jit(chunk, static_argnames="length", donate_argnums=0)
+    return chunk

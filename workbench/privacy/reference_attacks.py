@@ -147,10 +147,15 @@ def lira(
 
         return run_rows(ctx, name + "_runs", "phi", one, shadows)
 
+    valid = np.flatnonzero(ctx.pool.valid)  # padding would enter pooled variances
+
     def score(msgs, sh: Shadows):
-        shadow_in = jnp.asarray(sh.in_mask)
-        one = lambda t: attack(t, jnp.asarray(sh.phi), shadow_in)  # noqa: E731
-        return np.asarray(jax.vmap(one)(jnp.asarray(ctx.tables.phi[msgs])))
+        shadow_in = jnp.asarray(sh.in_mask[:, valid])
+        phi = jnp.asarray(sh.phi[:, valid])
+        one = lambda t: attack(t, phi, shadow_in)  # noqa: E731
+        out = np.full((len(msgs), ctx.pool.valid.size), np.nan, np.float32)
+        out[:, valid] = jax.vmap(one)(jnp.asarray(ctx.tables.phi[msgs][:, valid]))
+        return out
 
     scores = per_round_scores(ctx, score, (shadows, steps, chunk))
     return score_rows(ctx, name, scores)
@@ -212,7 +217,7 @@ def run_rows(ctx: AttackContext, name: str, field: str, score, count: int):
 
     if ctx.runs is None:
         raise WorkbenchError(f"{name}: shadow runs need the run's simulation")
-    runs = shadow_runs.shadow_messages(ctx, count, ctx.record)
+    runs = shadow_runs.shadow_messages(ctx, count, ctx.receive)
 
     def split(i):
         target, stats, inside, members, outsiders = shadow_runs.message_view(

@@ -74,7 +74,7 @@ class AttackContext(NamedTuple):
     train: Any  # {"optimizer", "batch_size", "local_steps", "rounds"} of the peers
     cache: dict  # what attacks share, kept by the Attacker across chunks
     runs: Any = None  # shadow_runs.RunSetup: what decentralized shadow runs need
-    record: Callable | None = None  # Captured -> messages.Record (shadow runs)
+    receive: Callable | None = None  # one shadow run's Captured -> Received
 
 
 class AttackResult(NamedTuple):
@@ -237,31 +237,35 @@ def threshold_balanced(ctx: AttackContext) -> AttackResult:
 
 @register_attack("threshold_class")
 def threshold_class(ctx: AttackContext) -> AttackResult:
-    """The loss threshold per class, pooled over each round's messages."""
+    """The loss threshold per class, pooled over each round's messages (per
+    attacker kind, as the pooled rows of the other attacks)."""
     labels = np.asarray(ctx.pool.y)
     out_idx = nonmembers_of(ctx)
     rows = []
-    for r, msgs in by_round(ctx).items():
-        ins = np.concatenate([members_of(ctx, i) for i in msgs])
-        which = np.concatenate([np.full(len(members_of(ctx, i)), i) for i in msgs])
-        outs = np.tile(out_idx, len(msgs))
-        which_out = np.repeat(msgs, len(out_idx))
-        s_in = -ctx.tables.loss[which, ins]
-        s_out = -ctx.tables.loss[which_out, outs]
-        for c in range(ctx.num_classes):
-            a, b = s_in[labels[ins] == c], s_out[labels[outs] == c]
-            if a.size and b.size:
-                rows.append(
-                    row(
-                        r,
-                        "all",
-                        "all",
-                        "threshold_class",
-                        **{"class": c},
-                        **attack_metrics(a, b),
-                    )
-                )
+    for r, all_msgs in by_round(ctx).items():
+        kinds = np.asarray([attacker_kind(ctx.received.attacker[i]) for i in all_msgs])
+        for kind in dict.fromkeys(kinds):
+            rows += _class_rows(ctx, r, kind, all_msgs[kinds == kind], labels, out_idx)
     return AttackResult(rows, {})
+
+
+def _class_rows(ctx, r, kind, msgs, labels, out_idx) -> list[dict]:
+    """Round r's per-class rows of the messages ``msgs`` (one attacker kind)."""
+    ins = np.concatenate([members_of(ctx, i) for i in msgs])
+    which = np.concatenate([np.full(len(members_of(ctx, i)), i) for i in msgs])
+    outs = np.tile(out_idx, len(msgs))
+    which_out = np.repeat(msgs, len(out_idx))
+    s_in = -ctx.tables.loss[which, ins]
+    s_out = -ctx.tables.loss[which_out, outs]
+    rows = []
+    for c in range(ctx.num_classes):
+        a, b = s_in[labels[ins] == c], s_out[labels[outs] == c]
+        if a.size and b.size:
+            metrics = attack_metrics(a, b)
+            rows.append(
+                row(r, "all", kind, "threshold_class", **{"class": c}, **metrics)
+            )
+    return rows
 
 
 @register_attack("linkability")

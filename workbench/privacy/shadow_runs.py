@@ -8,8 +8,9 @@ them; shadows 2i and 2i + 1 take complementary halves, so each candidate is
 IN peer p's data for exactly S/2 shadow runs. Every shadow run keeps the
 dataset's shapes (a peer holds |T_p| examples, as in the real run), so the S
 runs are one ``jax.vmap`` of the engine's own chunk, and each captures the
-same victims at the same rounds. Each run starts from its own initial model
-(key ``fold_in(seed, s)``); the batch draws follow the scenario's seed.
+same victims at the same rounds. Each run has its own seed, so its own
+initial model, batch draws and defense noise (a shadow that shared the
+target's noise draws would in effect know the defense's noise).
 
 The attack then reads, for the message of victim v at round r, the target's
 statistic on C_v = T_v + U_v next to the shadow runs' statistic on the same
@@ -29,14 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.privacy.messages import received
 from workbench.privacy.run import AttackContext, Tables, tables_of
 
 
 class RunSetup(NamedTuple):
     """What shadow runs need from the simulation (built by the engine)."""
 
-    chunk: Callable  # the engine's jitted chunk (state, data, topo, w, start, length)
+    chunk: Callable  # seed -> the engine's unjitted chunk (state, data, topo, w, ...)
     init: Callable  # key -> one run's stacked initial state
     data: Any  # PeerData (host arrays): the run's training data, (n, m, ...)
     topo_data: Any
@@ -108,29 +108,47 @@ def shadow_data(ctx: AttackContext, setup: RunSetup, cands, halves):
     return data, in_mask
 
 
-def _advance(setup: RunSetup, runs, data, start: int, stop: int):
-    """Runs every shadow from round ``start`` to ``stop``; the chunks' captures."""
-    captured = []
+def shadow_seeds(seed: int, count: int) -> jax.Array:
+    """(S,) int32 seeds of the shadow runs, none equal to the run's own."""
+    return (seed + 1 + jnp.arange(count, dtype=jnp.int32) * 7919) % (2**31 - 1)
+
+
+def _stepper(setup: RunSetup, length: int, steps: dict) -> Callable:
+    """One jitted vmapped chunk of ``length`` rounds, compiled once per length."""
+    if length not in steps:
+
+        def one(state, data, start, seed):
+            chunk = setup.chunk(seed)
+            return chunk(state, data, setup.topo_data, setup.weights, start, length)
+
+        steps[length] = jax.jit(jax.vmap(one, in_axes=(0, 0, None, 0)))
+    return steps[length]
+
+
+def advance(setup: RunSetup, runs, data, seeds, start: int, stop: int, steps=None):
+    """Runs every shadow from round ``start`` to ``stop``; the chunks' captures.
+
+    ``seeds`` (S,): each run's seed; ``steps`` caches the compiled chunks.
+    """
+    captured, steps = [], {} if steps is None else steps
     while start < stop:
         length = min(setup.eval_every, setup.rounds - start)
-        step = jax.jit(
-            jax.vmap(
-                partial(setup.chunk, length=length), in_axes=(0, 0, None, None, None)
-            )
-        )
-        runs, _, buf = step(
-            runs, data, setup.topo_data, setup.weights, jnp.int32(start)
+        runs, _, buf = _stepper(setup, length, steps)(
+            runs, data, jnp.int32(start), seeds
         )
         captured.append(jax.device_get(buf))
         start += length
     return runs, captured
 
 
-def shadow_messages(ctx: AttackContext, count: int, record: Callable) -> ShadowMessages:
+def shadow_messages(
+    ctx: AttackContext, count: int, receive: Callable
+) -> ShadowMessages:
     """The shadow runs' messages for every message of ``ctx.received``.
 
     Args:
-      record: ``Captured -> Record`` (the Attacker's), for one shadow run.
+      receive: ``Captured -> Received`` for one shadow run (the Attacker's, so
+        that colluding sets and the marginalized attacker are there too).
     """
     setup: RunSetup = ctx.runs
     key = ("runs", count)
@@ -140,13 +158,14 @@ def shadow_messages(ctx: AttackContext, count: int, record: Callable) -> ShadowM
         data, in_mask = shadow_data(ctx, setup, cands, halves)
         root = jax.random.fold_in(jax.random.key(ctx.seed), 0x5AD1)
         keys = jax.vmap(partial(jax.random.fold_in, root))(jnp.arange(count))
-        runs = jax.vmap(setup.init)(keys)
         ctx.cache[key] = {
-            "runs": runs,
+            "runs": jax.vmap(setup.init)(keys),
             "data": data,
             "in": in_mask,
+            "seeds": shadow_seeds(ctx.seed, count),
             "at": 0,
             "msgs": {},
+            "steps": {},
         }
     cache = ctx.cache[key]
     want = {int(r) for r in ctx.received.round}
@@ -156,19 +175,24 @@ def shadow_messages(ctx: AttackContext, count: int, record: Callable) -> ShadowM
     if cache["at"] < last:
         start = cache["at"]
         stop = min(setup.rounds, -(-last // setup.eval_every) * setup.eval_every)
-        cache["runs"], bufs = _advance(setup, cache["runs"], cache["data"], start, stop)
+        cache["runs"], bufs = advance(
+            setup,
+            cache["runs"],
+            cache["data"],
+            cache["seeds"],
+            start,
+            stop,
+            cache["steps"],
+        )
         cache["at"] = stop
         for buf in bufs:
             for s in range(count):
-                one = jax.tree.map(lambda a, s=s: a[s], buf)
-                rec = record(one)
-                if (rec.rounds >= 0).any():
-                    got = received(rec)
-                    for i, (r, v, a) in enumerate(
-                        zip(got.round, got.victim, got.attacker, strict=True)
-                    ):
-                        model = jax.tree.map(lambda m, i=i: m[i], got.model)
-                        cache["msgs"][(s, int(r), int(v), a)] = model
+                got = receive(jax.tree.map(lambda a, s=s: a[s], buf))
+                for i, (r, v, a) in enumerate(
+                    zip(got.round, got.victim, got.attacker, strict=True)
+                ):
+                    model = jax.tree.map(lambda m, i=i: m[i], got.model)
+                    cache["msgs"][(s, int(r), int(v), a)] = model
     tables = []
     rec = ctx.received
     for s in range(count):

@@ -61,10 +61,19 @@ def check_privacy(cfg: PrivacyConfig, n: int, rounds: int) -> None:
             )
 
 
-def check_marginalized(cfg: PrivacyConfig, algorithm, name: str) -> None:
-    """A one-line ScenarioError if the algorithm has no gossip step 1 to invert."""
+def check_marginalized(
+    cfg: PrivacyConfig, algorithm, name: str, dynamic: bool = False
+) -> None:
+    """A one-line ScenarioError if the algorithm has no gossip step 1 to invert
+    (or the graph changes: the inversion uses round 0's W)."""
     if not cfg.marginalized:
         return
+    if dynamic:
+        raise ScenarioError(
+            "privacy.marginalized",
+            "the marginalized attacker inverts with a fixed W; this topology "
+            "changes every round (use a static graph)",
+        )
     if algorithm.rounds.gossip_steps < 2 or algorithm.exchange != "average":
         raise ScenarioError(
             "privacy.marginalized",
@@ -102,6 +111,10 @@ class Attacker:
     def record(self, captured):
         return record(captured, self.capture.peers, self.params_like, *self.table)
 
+    def receive(self, captured) -> Received:
+        """One chunk's captured buffer as the messages under attack."""
+        return self.messages([self.record(captured)])
+
     def messages(self, records) -> Received:
         cfg = self.config
         parts = [received(r, cfg.colluding, cfg.marginalized) for r in records]
@@ -136,7 +149,7 @@ class Attacker:
             self.train,
             self.cache,
             self.runs,
-            self.record,
+            self.receive,
         )
         return run_attacks(ctx, specs if specs is not None else self.config.attacks)
 
