@@ -545,12 +545,29 @@ RUNS = {"name": "lira", "shadow": "runs", "shadows": 4}
 
 
 def test_shadow_runs_replay_the_real_run_and_rerun_identically(tmp_path):
-    """A shadow run given the real data and state sends the real messages;
-    the runs advanced chunk by chunk in the run equal a replay from round 0."""
+    """A shadow run given the real data, state and seed sends the real (noisy,
+    per-edge) messages; the runs advanced chunk by chunk in the run equal a
+    replay from round 0; colluding sets have shadow counterparts; and each
+    shadow run has a seed of its own (never the target's: it would share the
+    defense's noise)."""
     from workbench.privacy import shadow_runs
 
-    privacy = {**TINY["privacy"], "attacks": [{**RUNS, "name": "rmia", "shadows": 2}]}
-    out, table = simulate(tmp_path, privacy=privacy)
+    seeds = np.asarray(shadow_runs.shadow_seeds(3, 8))
+    assert 3 not in seeds and len(set(seeds.tolist())) == 8
+    alg = {"name": "zerosum", "sigma": 0.1, "lr": 0.1}
+    privacy = {
+        **TINY["privacy"],
+        "colluding": [[1, 3]],
+        "attacks": [{**RUNS, "name": "rmia", "shadows": 2}],
+    }
+    out, table = simulate(tmp_path, algorithm=alg, privacy=privacy)
+    pooled = {r["attacker"] for r in table if r["victim"] == "all"}
+    assert pooled == {"all", "set 0"}
+    assert {r["attacker"] for r in table if r["victim"] == "0"} == {
+        "peer 1",
+        "peer 3",
+        "set 0",
+    }
     sim = build(load_scenario(out / "scenario.yaml"))
     setup = sim.attacker.runs
     one = jax.tree.map(lambda x: x[None], sim.state)
@@ -646,28 +663,3 @@ def test_marginalized_messages_are_pooled_apart(tmp_path):
         single = [r for r in thr if r["attacker"] == label and r["victim"] != "all"]
         assert len(single) == 4
         assert int(p["members"]) == sum(int(r["members"]) for r in single)
-
-
-def test_shadow_runs_draw_their_own_noise_and_serve_colluding_sets(tmp_path):
-    """Each shadow run has its own seed (never the target's: it would share
-    the defense's noise), and per-edge messages of colluding sets have their
-    shadow counterparts."""
-    from workbench.privacy.shadow_runs import shadow_seeds
-
-    seeds = np.asarray(shadow_seeds(3, 8))
-    assert 3 not in seeds and len(set(seeds.tolist())) == 8
-    alg = {"name": "zerosum", "sigma": 0.1, "lr": 0.1}
-    privacy = {
-        "victims": "all",
-        "at": [2],
-        "colluding": [[1, 3]],
-        "attacks": [{"name": "rmia", "shadow": "runs", "shadows": 2}],
-    }
-    _, table = simulate(tmp_path, algorithm=alg, privacy=privacy)
-    pooled = {r["attacker"] for r in table if r["victim"] == "all"}
-    assert pooled == {"all", "set 0"}
-    assert {r["attacker"] for r in table if r["victim"] == "0"} == {
-        "peer 1",
-        "peer 3",
-        "set 0",
-    }
