@@ -97,6 +97,23 @@ def test_zerosum_noise_cancels_under_w_per_sender(W):
     assert np.all(z[~real] == 0)  # padding columns carry nothing
 
 
+def test_zerosum_without_self_weight_stays_finite_and_cancels():
+    """W_aa = 0 (each peer averages its two ring neighbours only): the noise
+    is spread over the neighbours alone, finite, and still sums to zero."""
+    W = (ring_weights(N) > 0) * 0.5
+    np.fill_diagonal(W, 0.0)
+    table = from_matrix("table", W)
+    _, topo = peer_topology(table, N)
+    like = {"w": jnp.zeros((D,))}
+    keys = jax.random.split(jax.random.key(3), N)
+    z = jax.vmap(lambda k, t: zero_sum_noise(k, t, like, 0.7, "paper"))(keys, topo)
+    z = np.asarray(z["w"], np.float64)  # (n, k, D)
+    assert np.all(np.isfinite(z)) and np.all(z[:, 0] == 0)
+    cancel = np.einsum("nk,nkd->nd", np.asarray(topo.weight), z)
+    assert np.max(np.abs(cancel)) < 1e-5
+    assert np.std(z[:, 1:3]) > 0.3
+
+
 def test_zerosum_keeps_the_global_mean_every_round():
     W = random_graph_weights()
     alg = zerosum(pull_loss, optax.sgd(0.0), sigma=1.0)

@@ -1,7 +1,8 @@
 """ZeroSum / Zip-DL (arXiv 2403.11795): per-edge noise that cancels in the average.
 
 After its local steps, peer a draws Y_{a->v} ~ N(0, sigma^2 I) for every v in
-its closed neighbourhood (itself included, d_a members) and sends neighbour v
+its closed neighbourhood (itself included when W_aa > 0; d_a members) and
+sends neighbour v
 
     x_a + Z_{a->v},   Z_{a->v} = Y_{a->v} - (1 / (d_a W_av)) sum_j W_aj Y_{a->j}
 
@@ -62,7 +63,9 @@ def zero_sum_noise(key, topo: PeerTopo, like: PyTree, sigma: float, form: Form):
     Column 0 is the peer itself; ``sum_c W_c Z_c = 0`` (paper form).
     """
     k = topo.idx.shape[0]
-    real = topo.mask.at[0].set(True)  # (k,) the closed neighbourhood
+    # (k,) the closed neighbourhood; the peer itself only with a self weight
+    # (W_aa = 0 would divide by zero, and its column enters no average)
+    real = topo.mask.at[0].set(topo.weight[0] > 0)
     d = jnp.sum(real).astype(jnp.float32)
     w = jnp.where(real, topo.weight, 0.0)
     stacked = jax.tree.map(lambda x: jnp.zeros((k,) + x.shape, x.dtype), like)
