@@ -80,14 +80,19 @@ def random_graph_weights() -> np.ndarray:
 # ------------------------------------------------------------------ ZeroSum
 
 
-@pytest.mark.parametrize("W", [ring_weights(N), random_graph_weights()])
-def test_zerosum_noise_cancels_under_w_per_sender(W):
+def paper_noise(W):
+    """(Z (n, k, D) float64 of sigma 0.7, each peer's topology view) on W."""
     table = from_matrix("table", W)
     _, topo = peer_topology(table, N)
     like = {"w": jnp.zeros((D,))}
     keys = jax.random.split(jax.random.key(3), N)
     z = jax.vmap(lambda k, t: zero_sum_noise(k, t, like, 0.7, "paper"))(keys, topo)
-    z = np.asarray(z["w"], np.float64)  # (n, k, D)
+    return np.asarray(z["w"], np.float64), topo
+
+
+@pytest.mark.parametrize("W", [ring_weights(N), random_graph_weights()])
+def test_zerosum_noise_cancels_under_w_per_sender(W):
+    z, topo = paper_noise(W)
     weights = np.asarray(topo.weight)
     real = np.asarray(topo.mask).copy()
     real[:, 0] = True
@@ -102,12 +107,7 @@ def test_zerosum_without_self_weight_stays_finite_and_cancels():
     is spread over the neighbours alone, finite, and still sums to zero."""
     W = (ring_weights(N) > 0) * 0.5
     np.fill_diagonal(W, 0.0)
-    table = from_matrix("table", W)
-    _, topo = peer_topology(table, N)
-    like = {"w": jnp.zeros((D,))}
-    keys = jax.random.split(jax.random.key(3), N)
-    z = jax.vmap(lambda k, t: zero_sum_noise(k, t, like, 0.7, "paper"))(keys, topo)
-    z = np.asarray(z["w"], np.float64)  # (n, k, D)
+    z, topo = paper_noise(W)
     assert np.all(np.isfinite(z)) and np.all(z[:, 0] == 0)
     cancel = np.einsum("nk,nkd->nd", np.asarray(topo.weight), z)
     assert np.max(np.abs(cancel)) < 1e-5

@@ -183,27 +183,34 @@ def test_privacy_command_reproduces_and_adds_attacks(tiny_run, tmp_path, capsys)
     capsys.readouterr()
 
 
-def test_lira_rows_are_the_statistic_on_the_runs_shadows(tiny_run):
-    """The attack's per-message AUC is lira_online on its own shadows' phi."""
-    from workbench.privacy import reference_attacks as ra
-
+def first_record_context(tiny_run):
+    """(attacker, messages, tables, AttackContext) of the tiny run's round 2."""
     out, _ = tiny_run
-    sim = build(load_scenario(out / "scenario.yaml"))
-    att = sim.attacker
+    att = build(load_scenario(out / "scenario.yaml")).attacker
     msgs = att.messages(load_all(out)[:1])
     tables = tables_of(att.apply_fn, jax.tree.map(np.asarray, msgs.model), att.pool)
     ctx = AttackContext(
         msgs,
         att.pool,
         tables,
-        4,
-        10,
+        att.num_peers,
+        att.num_classes,
         att.seed,
         att.apply_fn,
         att.init_fn,
         att.train,
         {},
+        att.runs,
+        att.receive,
     )
+    return att, msgs, tables, ctx
+
+
+def test_lira_rows_are_the_statistic_on_the_runs_shadows(tiny_run):
+    """The attack's per-message AUC is lira_online on its own shadows' phi."""
+    from workbench.privacy import reference_attacks as ra
+
+    att, msgs, tables, ctx = first_record_context(tiny_run)
     result = ra.lira(ctx, shadows=4, steps=5)
     sh = ctx.cache[("shadows", 4, 5)]
     assert sh.in_mask[:, att.pool.valid].sum(0).tolist() == [2] * att.pool.valid.sum()
@@ -596,25 +603,7 @@ def test_shadow_run_candidates_are_in_exactly_half_the_runs(tiny_run):
     from workbench.privacy import reference_attacks as ra
     from workbench.privacy import shadow_runs
 
-    out, _ = tiny_run
-    sim = build(load_scenario(out / "scenario.yaml"))
-    att = sim.attacker
-    msgs = att.messages(load_all(out)[:1])
-    tables = tables_of(att.apply_fn, jax.tree.map(np.asarray, msgs.model), att.pool)
-    ctx = AttackContext(
-        msgs,
-        att.pool,
-        tables,
-        4,
-        10,
-        att.seed,
-        att.apply_fn,
-        att.init_fn,
-        att.train,
-        {},
-        att.runs,
-        att.receive,
-    )
+    att, msgs, tables, ctx = first_record_context(tiny_run)
     cands = shadow_runs.candidates(ctx)
     runs = shadow_runs.shadow_messages(ctx, 2, att.receive)
     for p in range(4):

@@ -28,6 +28,7 @@ import numpy as np
 from workbench.errors import WorkbenchError
 from workbench.privacy.lira import lira_offline, lira_online, rmia_offline, rmia_online
 from workbench.privacy.run import (
+    EVAL_BATCH,
     AttackContext,
     AttackResult,
     by_round,
@@ -37,7 +38,6 @@ from workbench.privacy.run import (
 )
 from workbench.privacy.shadows import complementary_masks, shadow_outputs, train_shadows
 
-EVAL_BATCH = 128
 # an even number of shadows (complementary pairs), at least one pair
 ShadowCount = Annotated[int, annotated_types.Ge(2), annotated_types.MultipleOf(2)]
 Steps = Annotated[int, annotated_types.Ge(0)]
@@ -177,34 +177,25 @@ def rmia(
     population samples z (the test set) that x dominates in likelihood ratio.
     Offline uses only each example's OUT shadows, with p(x) scaled by ``a``.
     ``shadow: runs``: decentralized shadow runs, z the victim's outsiders."""
-    z = nonmembers_of(ctx)
     name = "rmia" if variant == "online" else "rmia_offline"
+
+    def one(target, ref, inside, zs):  # scores of x (P,) against population zs
+        if variant == "online":
+            return rmia_online(target, ref, target[zs], ref[:, zs], gamma)
+        out = ~inside  # offline: each example's OUT shadows only
+        mean_out = jnp.sum(jnp.where(out, ref, 0), 0) / jnp.sum(out, 0)
+        return rmia_offline(
+            target, mean_out[None], target[zs], mean_out[None, zs], a, gamma
+        )
+
     if shadow == "runs":
-
-        def one(target, ref, inside, zs):
-            if variant == "online":
-                return rmia_online(target, ref, target[zs], ref[:, zs], gamma)
-            out = ~inside
-            mean_out = jnp.sum(jnp.where(out, ref, 0), 0) / jnp.sum(out, 0)
-            return rmia_offline(
-                target, mean_out[None], target[zs], mean_out[None, zs], a, gamma
-            )
-
         return run_rows(ctx, name + "_runs", "p_true", one, shadows)
+    z = jnp.asarray(nonmembers_of(ctx))
 
     def score(msgs, sh: Shadows):
-        p = jnp.asarray(ctx.tables.p_true[msgs])  # (k, P)
-        ref = jnp.asarray(sh.p_true)
-        if variant == "online":
-            one = lambda t: rmia_online(t, ref, t[z], ref[:, z], gamma)  # noqa: E731
-        else:
-            out = ~jnp.asarray(sh.in_mask)
-            # OUT mean per example: IN entries weigh 0 (each has S / 2 OUT shadows)
-            mean_out = jnp.sum(jnp.where(out, ref, 0), 0) / jnp.sum(out, 0)
-            one = lambda t: rmia_offline(  # noqa: E731
-                t, mean_out[None], t[z], mean_out[None, z], a, gamma
-            )
-        return np.asarray(jax.vmap(one)(p))
+        ref, inside = jnp.asarray(sh.p_true), jnp.asarray(sh.in_mask)
+        each = lambda t: one(t, ref, inside, z)  # noqa: E731
+        return np.asarray(jax.vmap(each)(jnp.asarray(ctx.tables.p_true[msgs])))
 
     scores = per_round_scores(ctx, score, (shadows, steps, chunk))
     return score_rows(ctx, name, scores)

@@ -183,6 +183,12 @@ def score_rows(
     return AttackResult(out, curves)
 
 
+def by_kind(ctx: AttackContext, msgs: np.ndarray) -> dict[str, np.ndarray]:
+    """{attacker kind: the messages of ``msgs`` pooled under it}, first-seen order."""
+    kinds = np.asarray([attacker_kind(ctx.received.attacker[i]) for i in msgs])
+    return {k: msgs[kinds == k] for k in dict.fromkeys(kinds.tolist())}
+
+
 def attacker_kind(attacker: str) -> str:
     """The pooled row an attacker's messages go to: single neighbours pool as
     ``all``; each colluding set and the marginalized attacker on their own."""
@@ -243,9 +249,8 @@ def threshold_class(ctx: AttackContext) -> AttackResult:
     out_idx = nonmembers_of(ctx)
     rows = []
     for r, all_msgs in by_round(ctx).items():
-        kinds = np.asarray([attacker_kind(ctx.received.attacker[i]) for i in all_msgs])
-        for kind in dict.fromkeys(kinds):
-            rows += _class_rows(ctx, r, kind, all_msgs[kinds == kind], labels, out_idx)
+        for kind, msgs in by_kind(ctx, all_msgs).items():
+            rows += _class_rows(ctx, r, kind, msgs, labels, out_idx)
     return AttackResult(rows, {})
 
 
@@ -299,13 +304,8 @@ def linkability(ctx: AttackContext) -> AttackResult:
                     **figures(ranks[i : i + 1]),
                 )
             )
-        kinds = np.asarray([attacker_kind(ctx.received.attacker[i]) for i in msgs])
-        for kind in dict.fromkeys(kinds):
-            rows.append(
-                row(
-                    r, "all", kind, "linkability", **figures(ranks[msgs[kinds == kind]])
-                )
-            )
+        for kind, group in by_kind(ctx, msgs).items():
+            rows.append(row(r, "all", kind, "linkability", **figures(ranks[group])))
     return AttackResult(rows, {})
 
 

@@ -57,6 +57,7 @@ class ShadowMessages(NamedTuple):
 
     tables: list[Tables]  # per shadow run: fields (M, P) in ctx.received order
     in_mask: np.ndarray  # (S, P, n) bool: pool example in peer p's data in run s
+    candidates: Candidates  # each peer's T_p and U_p
 
 
 def candidates(ctx: AttackContext) -> Candidates:
@@ -163,6 +164,7 @@ def shadow_messages(
             "data": data,
             "in": in_mask,
             "seeds": shadow_seeds(ctx.seed, count),
+            "candidates": cands,
             "at": 0,
             "msgs": {},
             "steps": {},
@@ -202,14 +204,14 @@ def shadow_messages(
         ]
         stacked = jax.tree.map(lambda *m: np.stack(m), *models)
         tables.append(tables_of(ctx.apply_fn, stacked, ctx.pool))
-    return ShadowMessages(tables, cache["in"])
+    return ShadowMessages(tables, cache["in"], cache["candidates"])
 
 
 def message_view(ctx: AttackContext, shadows: ShadowMessages, i: int, field: str):
     """(target (2k,), shadows (S, 2k), in (S, 2k), members idx, outsiders idx) of
     message i on its victim's candidates, for the table ``field``."""
     v = int(ctx.received.victim[i])
-    cands = candidates(ctx)
+    cands = shadows.candidates
     both = np.concatenate([cands.members[v], cands.outsiders[v]])
     target = getattr(ctx.tables, field)[i, both]
     stats = np.stack([getattr(t, field)[i, both] for t in shadows.tables])
