@@ -179,6 +179,20 @@ def test_zerosum_averaging_steps_are_gossip_steps_with_fresh_zero_sum_noise():
     assert not np.allclose(three.params["w"], one.params["w"])
 
 
+def test_zerosum_draws_new_noise_at_each_averaging_step():
+    """Step 1 resends with noise of its own: with no local update, step 1's
+    message minus step 0's is x^1 - x^0 plus the change of noise, which would be
+    the same on every edge of a peer if the step-0 noise were drawn again."""
+    W = ring_weights(N)
+    alg = zerosum(pull_loss, optax.sgd(0.0), sigma=1.0, gossip_steps=2)
+    capture = Capture(tuple(range(N)), second=True)
+    _, _, got = run(alg, W, 1, params0(), capture)
+    first = np.asarray(got.outbox.value["w"][0])  # (N, k - 1, D) step 0
+    second = np.asarray(got.second.value["w"][0])  # (N, k - 1, D) step 1
+    change = second - first  # on a ring both columns are real neighbours
+    assert np.abs(change[:, 0] - change[:, 1]).max() > 0.5
+
+
 # ---------------------------------------------------------------- Muffliato
 
 
