@@ -1,4 +1,4 @@
-"""Command line: workbench simulate | list | topology describe | privacy | data fetch.
+"""Command line: workbench simulate | list | topology | privacy | data | cluster.
 
 Thin by design: parse, load the scenario, call the runner. User mistakes print
 one line on stderr and exit with status 2, never a traceback; SIGINT and SIGTERM
@@ -70,11 +70,76 @@ def _parser() -> argparse.ArgumentParser:
         "that attack's rows in privacy.csv",
     )
     pr.add_argument("--data-dir", help="dataset directory, as for simulate")
+    _cluster_parser(sub)
     d = sub.add_parser("data", help="dataset tools")
     d.add_argument("action", choices=["fetch"])
     d.add_argument("name", help="dataset name, e.g. cifar10, mnist, fashion_mnist")
     d.add_argument("--data-dir", help="where to put the files")
     return p
+
+
+def _cluster_parser(sub) -> None:
+    c = sub.add_parser("cluster", help="run a scenario on node processes (pyzmq)")
+    act = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    node = act.add_parser("node", help="start one node process of a deployment")
+    local = act.add_parser("local", help="K node processes on loopback, one run")
+    for q in (node, local):
+        q.add_argument("scenario", help="scenario YAML file")
+        q.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a scenario key")  # fmt: skip
+        q.add_argument("--out", help="run directory (rank 0; default runs/...)")
+        q.add_argument("--data-dir", help="dataset directory, as for simulate")
+    node.add_argument("--hosts", required=True, help="hosts file (YAML)")
+    node.add_argument("--rank", required=True, type=int, help="this node's rank")
+    node.add_argument("--key", help="this node's .key_secret (default: hosts file)")
+    local.add_argument("--nodes", required=True, type=int, help="node processes")
+    local.add_argument("--timeout", type=float, default=10.0,
+                       help="seconds of silence before a node is declared dead")
+    local.add_argument("--insecure", action="store_true",
+                       help="no CurveZMQ keys (plaintext loopback)")
+    keys = act.add_parser("keys", help="create CurveZMQ key pairs for the nodes")
+    keys.add_argument("directory", help="where to write node-<rank>.key[_secret]")
+    keys.add_argument("--nodes", required=True, type=int, help="how many ranks")
+
+
+def _cluster(args) -> int:
+    if args.action == "keys":
+        from workbench.cluster.security import create_keys
+
+        if args.nodes < 1:
+            raise WorkbenchError(f"--nodes {args.nodes}: give at least 1")
+        for rank, key in enumerate(create_keys(args.directory, args.nodes)):
+            print(f'rank {rank}: public_key: "{key}"')
+        return 0
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    if args.action == "node":
+        from workbench.cluster.run import run_node
+
+        summary = run_node(args.scenario, args.overrides, args.hosts, args.rank,
+                           key=args.key, out=args.out, data_dir=args.data_dir)  # fmt: skip
+        if summary is not None:
+            _report(summary, "")
+        return 0
+    from workbench.cluster.launch import launch_local
+
+    run_dir = launch_local(args.scenario, args.overrides, args.nodes, out=args.out,
+                           data_dir=args.data_dir, timeout=args.timeout,
+                           secure=not args.insecure)  # fmt: skip
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    _report(summary, f"; results in {run_dir}")
+    return 0
+
+
+def _report(summary: dict, where: str) -> None:
+    c = summary["cluster"]
+    print(
+        f"final mean test accuracy {_number(summary['final_mean_test_accuracy'])}, "
+        f"{c['nodes']} nodes, {c['seconds_per_round'] * 1e3:.1f} ms/round, "
+        f"{c['throughput_mb_per_s']:.1f} MB/s on the wire{where}"
+    )
 
 
 def _simulate(args) -> int:
@@ -149,6 +214,7 @@ COMMANDS = {
     "topology": _topology,
     "privacy": _privacy,
     "data": _data,
+    "cluster": _cluster,
 }
 
 

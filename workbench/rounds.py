@@ -155,6 +155,9 @@ class Phases(NamedTuple):
     exchange: Callable  # (outbox, arrays, table, peers, weights, t) -> inbox, sent, srv
     combine: Callable  # (state, inbox, topo) -> state
     resend: Callable | None  # (state, topo) -> outbox (gossip steps > 1)
+    # (arrays, table, peers, weights, t) -> the exchange's Context (a network
+    # transport runs the exchange's prepare, cost and deliver apart)
+    context: Callable | None = None
 
 
 def make_phases(spec: RoundSpec, seed: int) -> Phases:
@@ -188,10 +191,12 @@ def make_phases(spec: RoundSpec, seed: int) -> Phases:
         t = jnp.broadcast_to(t, peers.shape)
         return spec.lift(peer_local)(state, x, y, size, peers, t, topo)
 
-    def exchange(outbox, arrays, table, peers, weights, t):
+    def context(arrays, table, peers, weights, t):
         key = round_key(seed, t, EXCHANGE)
-        ctx = Context(arrays, table, peers, weights, n, key, alg.message)
-        return kind.run(outbox, ctx)
+        return Context(arrays, table, peers, weights, n, key, alg.message)
+
+    def exchange(outbox, arrays, table, peers, weights, t):
+        return kind.run(outbox, context(arrays, table, peers, weights, t))
 
     def combine(state, inbox, topo):
         view = topo if alg.uses_topology else None
@@ -204,7 +209,7 @@ def make_phases(spec: RoundSpec, seed: int) -> Phases:
             view = topo if alg.uses_topology else None
             return spec.lift(lambda s, v: alg.resend(s, v))(state, view)
 
-    return Phases(select, topology, local, exchange, combine, resend)
+    return Phases(select, topology, local, exchange, combine, resend, context)
 
 
 def init_state(spec: RoundSpec, seed: int, params, keys, topo_data):

@@ -1,0 +1,299 @@
+"""A node process: one block of peers, the simulator's jitted steps, pyzmq between.
+
+Every node builds the scenario exactly as ``workbench simulate`` does (same
+seed, same data split, same initial state) and keeps its block's rows. Rank 0
+also coordinates: it starts each round with a ``go`` message naming the live
+ranks, runs the server side of a ``server`` exchange, gathers each node's
+``done`` (bits sent; at evaluation rounds its block's state), evaluates the
+whole model stack with the simulator's evaluation, and writes the run
+directory in the usual layout.
+
+A round on a node: ``local`` on its block; for each gossip step, ``send``
+(the exchange's prepare and cost), the rows other nodes need go out as
+``data`` messages, the rows it needs come in, ``deliver`` and ``combine``.
+
+Faults. A node that rank 0 has not heard from (heartbeats included) for
+``timeout`` seconds when a round ends is declared dead at that round
+boundary: the next ``go`` leaves it out, so every survivor drops it at the
+same round; its peers' edges are removed and the weights of the surviving
+graph are Metropolis–Hastings (``routing.surviving``). A dead rank that is
+heard from again (a restarted node says ``ready``) rejoins at the next round
+boundary from its block of the last checkpoint rank 0 holds. A message that
+does not arrive within ``timeout`` is a failed link for the rest of the round:
+its weight moves to the receiver's own (as ``link_failures`` in simulation).
+Rank 0 is the coordinator: if it stops, the other nodes stop too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.cluster.hosts import Hosts, blocks, owner_of
+from workbench.cluster.routing import Route, drop_edges, route, surviving
+from workbench.cluster.steps import node_steps
+from workbench.cluster.transport import Transport
+from workbench.cluster.wire import Expect
+from workbench.comm.arrays import Table, weight_dtype
+from workbench.comm.kernels import as_table
+from workbench.errors import WorkbenchError
+
+log = logging.getLogger("workbench.cluster")
+
+
+def leaf_names(tree, prefix: str) -> list[str]:
+    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [prefix + jax.tree_util.keystr(p) for p, _ in paths]
+
+
+def named(tree, prefix: str) -> dict[str, Any]:
+    """{name: leaf} of a pytree, names from the leaves' paths."""
+    leaves = jax.tree.leaves(tree)
+    return dict(zip(leaf_names(tree, prefix), leaves, strict=True))
+
+
+def unnamed(like, arrays: dict, prefix: str):
+    """The pytree shaped like ``like`` from {name: array}."""
+    names = leaf_names(like, prefix)
+    return jax.tree.unflatten(jax.tree.structure(like), [arrays[k] for k in names])
+
+
+def _specs(tree, prefix: str, lead: int | None) -> dict:
+    """{name: (dtype, shape)}; the first ``lead`` axes become one free axis."""
+    out = {}
+    for name, leaf in named(tree, prefix).items():
+        shape = tuple(leaf.shape)
+        if lead is not None:
+            shape = (-1,) + shape[lead:]
+        out[name] = (str(jnp.dtype(leaf.dtype)), shape)
+    return out
+
+
+@dataclasses.dataclass
+class Stats:
+    wire_bytes: float = 0.0  # bytes this node put on the wire
+    exchange_seconds: float = 0.0  # seconds from first send to last delivery
+    round_seconds: float = 0.0
+
+
+class Node:
+    """One node's state and steps; ``round`` runs one round on its block."""
+
+    def __init__(self, sim, hosts: Hosts, rank: int, keypair):
+        sc = sim.scenario
+        self.sim, self.hosts, self.rank = sim, hosts, rank
+        self.n, self.ranks = sc.peers, len(hosts.nodes)
+        self.blocks = blocks(self.n, self.ranks)
+        self.owner = owner_of(self.n, self.ranks)
+        self.block = self.blocks[rank]
+        self.alg = sim.spec.algorithm
+        self.steps = node_steps(sim.spec, sc.seed, self.block)
+        take = lambda tree: jax.tree.map(lambda a: a[self.block], tree)  # noqa: E731
+        self.state = take(sim.state)
+        self.data = take(tuple(sim.data))
+        self.weights = sim.weights
+        self.table_of = jax.jit(lambda arrays: as_table(arrays, self.n))
+        self.stats = Stats()
+        self._shapes()
+        self.transport = Transport(hosts, rank, keypair, self._expect())
+
+    # ---------------------------------------------------------- setup
+
+    def _shapes(self) -> None:
+        """Shapes of the round's messages (traced, nothing runs)."""
+        st = self.steps
+        t = jnp.int32(0)
+        arrays, table, view = jax.eval_shape(st.topology, self.sim.topology.data, t)
+        _, outbox, peers = jax.eval_shape(st.local, self.state, *self.data, t, view)
+        msgs, _, _ = jax.eval_shape(
+            st.send, outbox, arrays, table, peers, self.weights, t
+        )
+        inbox = jax.eval_shape(st.deliver, msgs, arrays, table, peers, self.weights, t)
+        self.msgs_like = msgs
+        self.down_like = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), inbox
+        )
+        self.edge = self.alg.exchange == "edge"
+
+    def _expect(self) -> Expect:
+        lead = 2 if self.edge else 1
+        msg = _specs(self.msgs_like, "msg", lead)
+        own_state = _specs(self.state, "state", None)
+        kinds: dict[str, tuple] = {"data": (msg,), "stop": ({},)}
+        if self.rank == 0:
+            any_state = _specs(self.state, "state", 1)
+            done = {"sent": ("float64", (-1,)), "wire": ("float64", (3,))}
+            kinds.update(
+                up=(msg,),
+                done=(done, {**done, **any_state}),
+                ready=({},),
+                heartbeat=({},),
+            )
+        else:
+            kinds.update(
+                go=({}, own_state),
+                down=(_specs(self.down_like, "msg", None),),
+            )
+        return Expect(self.rank, self.ranks, kinds)
+
+    # ---------------------------------------------------------- the round
+
+    def graph(self, t: int, live):
+        """The round's (arrays, table, view, host idx, host weight), faults applied."""
+        arrays, table, view = self.steps.topology(self.sim.topology.data, jnp.int32(t))
+        base = self.table_of(arrays)
+        idx, weight = np.asarray(base.idx), np.asarray(base.weight, np.float64)
+        alive = np.isin(self.owner, list(live))
+        if alive.all():
+            return arrays, table, view, idx, weight
+        weight = surviving(idx, weight, alive)
+        return self.reweighted(idx, weight)
+
+    def reweighted(self, idx, weight):
+        arrays = Table(jnp.asarray(idx), jnp.asarray(weight, weight_dtype()))
+        table, view = self.steps.view_of(arrays)
+        return arrays, table, view, idx, weight
+
+    def round(self, t: int, live) -> tuple[np.ndarray, float]:
+        """Runs round t with the ``live`` ranks; (bits each block peer sent, server bits)."""
+        t0 = time.perf_counter()
+        self.transport.advance(t)
+        st, jt = self.steps, jnp.int32(t)
+        arrays, table, view, idx, weight = self.graph(t, live)
+        state, outbox, peers = st.local(self.state, *self.data, jt, view)
+        peers_host = np.asarray(peers)
+        sent_bits = np.zeros(len(self.block))
+        server_bits = 0.0
+        for step in range(self.alg.rounds.gossip_steps):
+            if step:
+                outbox = st.resend(state, view)
+            msgs, sent, server = st.send(outbox, arrays, table, peers, self.weights, jt)
+            sent_bits += np.asarray(sent, np.float64)[self.block]
+            server_bits += float(server)
+            plan = route(self.alg.exchange, idx, weight, peers_host, self.owner,
+                         self.rank, live)  # fmt: skip
+            e0 = time.perf_counter()
+            if self.alg.exchange == "server":
+                inbox = self.server_exchange(
+                    t, step, msgs, plan, (arrays, table, peers), live
+                )
+            else:
+                inbox, dropped = self.peer_exchange(
+                    t, step, msgs, plan, arrays, table, peers, idx
+                )
+                if dropped is not None:  # late messages: failed links this round
+                    weight = drop_edges(weight, dropped)
+                    arrays, table, view, idx, weight = self.reweighted(idx, weight)
+                    inbox = st.deliver(inbox, arrays, table, peers, self.weights, jt)
+            self.stats.exchange_seconds += time.perf_counter() - e0
+            state = st.combine(state, inbox, view)
+        self.state = jax.block_until_ready(state)
+        self.stats.round_seconds += time.perf_counter() - t0
+        return sent_bits, server_bits
+
+    def _flat(self, msgs) -> dict[str, np.ndarray]:
+        lead = 2 if self.edge else 1
+        return {
+            k: np.asarray(v).reshape((-1,) + v.shape[lead:])
+            for k, v in named(msgs, "msg").items()
+        }
+
+    def _unflat(self, flat: dict[str, np.ndarray]):
+        shaped = {k: flat[k].reshape(v.shape) for k, v in named(self.msgs_like, "msg").items()}
+        return unnamed(self.msgs_like, shaped, "msg")
+
+    def _send_rows(self, kind: str, t: int, step: int, flat, plan: Route) -> None:
+        for (src, dst), rows in plan.rows.items():
+            if src == self.rank:
+                arrays = {k: v[rows] for k, v in flat.items()}
+                self.stats.wire_bytes += self.transport.send(dst, kind, t, step, arrays)
+
+    def _gather_rows(self, kind: str, t: int, step: int, flat, plan: Route, timeout):
+        """Own rows plus the rows received; (assembled, ranks that did not deliver)."""
+        out = {k: np.zeros_like(v) for k, v in flat.items()}
+        for k, v in flat.items():
+            out[k][plan.own] = v[plan.own]
+        senders = {s: rows for (s, d), rows in plan.rows.items() if d == self.rank}
+        got = self.transport.wait(kind, t, step, senders, timeout)
+        missing = set(senders) - set(got)
+        for s, msg in got.items():
+            rows = senders[s]
+            if any(a.shape[0] != len(rows) for a in msg.arrays.values()):
+                log.warning(
+                    "rank %d dropped a '%s' message from rank %d: %d rows, expected %d",
+                    self.rank, kind, s, next(iter(msg.arrays.values())).shape[0],
+                    len(rows),
+                )  # fmt: skip
+                missing.add(s)
+                continue
+            for k, a in msg.arrays.items():
+                out[k][rows] = a
+        if missing:
+            log.warning(
+                "rank %d: no '%s' message from rank(s) %s in round %d within %.1f s; "
+                "their links fail this round",
+                self.rank, kind, sorted(missing), t, timeout,
+            )  # fmt: skip
+        return out, missing
+
+    def peer_exchange(self, t, step, msgs, plan, arrays, table, peers, idx):
+        flat = self._flat(msgs)
+        self._send_rows("data", t, step, flat, plan)
+        got, missing = self._gather_rows("data", t, step, flat, plan, self.hosts.timeout)
+        messages = self._unflat(got)
+        dropped = None
+        if missing:
+            rows = np.arange(self.n)[:, None]
+            mine = np.isin(rows, self.block)
+            dropped = mine & np.isin(self.owner[idx], list(missing)) & (idx != rows)
+            return messages, dropped
+        inbox = self.steps.deliver(messages, arrays, table, peers, self.weights, jnp.int32(t))
+        return inbox, dropped
+
+    def server_exchange(self, t, step, msgs, plan, graph, live):
+        arrays, table, peers = graph
+        flat = self._flat(msgs)
+        if self.rank != 0:
+            self._send_rows("up", t, step, flat, plan)
+            got = self.transport.wait("down", t, step, [0], 3 * self.hosts.timeout)
+            if 0 not in got:
+                raise WorkbenchError(
+                    f"rank 0 (the coordinator) sent no aggregate for round {t}; stopping"
+                )
+            row = unnamed(self.down_like, got[0].arrays, "msg")
+            b = len(self.block)
+            return jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape), row)
+        got, missing = self._gather_rows("up", t, step, flat, plan, self.hosts.timeout)
+        weights = np.asarray(self.weights).copy()
+        absent = np.isin(self.owner, list(missing))
+        weights[absent] = 0.0  # participants whose update never came
+        inbox = self.steps.deliver(self._unflat(got), arrays, table, peers,
+                                   jnp.asarray(weights), jnp.int32(t))  # fmt: skip
+        down = named(jax.tree.map(lambda a: a[0], inbox), "msg")
+        for r in sorted(set(live) - {0}):
+            self.stats.wire_bytes += self.transport.send(r, "down", t, step, down)
+        return inbox
+
+
+def state_rows(state, block: np.ndarray, full):
+    """``full`` (host, leaves (n, ...)) with ``block``'s rows set from ``state``."""
+    def put(f, s):
+        f[block] = np.asarray(s)
+        return f
+
+    return jax.tree.map(put, full, state)
+
+
+def host_copy(tree):
+    return jax.tree.map(lambda a: np.array(a), tree)
+
+
+def node_dir(run_dir: Path, rank: int) -> Path:
+    return run_dir / "cluster" / f"node-{rank}"
