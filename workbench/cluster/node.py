@@ -107,16 +107,20 @@ class Node:
     # ---------------------------------------------------------- setup
 
     def _shapes(self) -> None:
-        """Shapes of the round's messages (traced, nothing runs)."""
+        """Shapes of the round's messages (traced, nothing runs): those of
+        gossip step 0 (``local``'s outbox) and of later steps (``resend``'s)."""
         st = self.steps
         t = jnp.int32(0)
         arrays, table, view = jax.eval_shape(st.topology, self.sim.topology.data, t)
-        _, outbox, peers = jax.eval_shape(st.local, self.state, *self.data, t, view)
-        msgs, _, _ = jax.eval_shape(
-            st.send, outbox, arrays, table, peers, self.weights, t
+        state, outbox, peers = jax.eval_shape(
+            st.local, self.state, *self.data, t, view
         )
-        inbox = jax.eval_shape(st.deliver, msgs, arrays, table, peers, self.weights, t)
-        self.msgs_like = msgs
+        outboxes = [outbox]
+        if self.alg.rounds.gossip_steps > 1:
+            outboxes.append(jax.eval_shape(st.resend, state, view))
+        args = (arrays, table, peers, self.weights, t)
+        self.msgs_like = [jax.eval_shape(st.send, o, *args)[0] for o in outboxes]
+        inbox = jax.eval_shape(st.deliver, self.msgs_like[0], *args)
         self.down_like = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), inbox
         )
@@ -124,14 +128,14 @@ class Node:
 
     def _expect(self) -> Expect:
         lead = 2 if self.edge else 1
-        msg = _specs(self.msgs_like, "msg", lead)
+        msg = tuple(_specs(like, "msg", lead) for like in self.msgs_like)
         own_state = _specs(self.state, "state", None)
-        kinds: dict[str, tuple] = {"data": (msg,), "stop": ({},)}
+        kinds: dict[str, tuple] = {"data": msg, "stop": ({},)}
         if self.rank == 0:
             any_state = _specs(self.state, "state", 1)
             done = {"sent": ("float64", (-1,)), "wire": ("float64", (3,))}
             kinds.update(
-                up=(msg,),
+                up=msg,
                 done=(done, {**done, **any_state}),
                 ready=({},),
                 heartbeat=({},),
@@ -205,9 +209,10 @@ class Node:
             for k, v in named(msgs, "msg").items()
         }
 
-    def _unflat(self, flat: dict[str, np.ndarray]):
-        shaped = {k: flat[k].reshape(v.shape) for k, v in named(self.msgs_like, "msg").items()}
-        return unnamed(self.msgs_like, shaped, "msg")
+    def _unflat(self, flat: dict[str, np.ndarray], step: int):
+        like = self.msgs_like[min(step, len(self.msgs_like) - 1)]
+        shaped = {k: flat[k].reshape(v.shape) for k, v in named(like, "msg").items()}
+        return unnamed(like, shaped, "msg")
 
     def _send_rows(self, kind: str, t: int, step: int, flat, plan: Route) -> None:
         for (src, dst), rows in plan.rows.items():
@@ -247,7 +252,7 @@ class Node:
         flat = self._flat(msgs)
         self._send_rows("data", t, step, flat, plan)
         got, missing = self._gather_rows("data", t, step, flat, plan, self.hosts.timeout)
-        messages = self._unflat(got)
+        messages = self._unflat(got, step)
         dropped = None
         if missing:
             rows = np.arange(self.n)[:, None]
@@ -274,7 +279,7 @@ class Node:
         weights = np.asarray(self.weights).copy()
         absent = np.isin(self.owner, list(missing))
         weights[absent] = 0.0  # participants whose update never came
-        inbox = self.steps.deliver(self._unflat(got), arrays, table, peers,
+        inbox = self.steps.deliver(self._unflat(got, step), arrays, table, peers,
                                    jnp.asarray(weights), jnp.int32(t))  # fmt: skip
         down = named(jax.tree.map(lambda a: a[0], inbox), "msg")
         for r in sorted(set(live) - {0}):
