@@ -44,6 +44,14 @@ from workbench.rounds import (
     round_key,
 )
 from workbench.scenario import algorithm_parts
+from workbench.sharding import (
+    jit_chunk,
+    peer_mesh,
+    per_device,
+    replicate,
+    resolve_devices,
+    shard_peers,
+)
 from workbench.topology import build_topology
 
 EVAL_BATCH = 128
@@ -73,6 +81,18 @@ class Simulation:
     estimate: StateEstimate  # memory the stacked state needs
     runtime: Any  # strategy -> (RoundSpec, chunk, evaluate) for that strategy
     attacker: Attacker | None = None  # the privacy stage (a privacy: section)
+    mesh: Any = None  # the peer-axis mesh (execution.devices > 1), else None
+
+    @property
+    def devices(self) -> int:
+        """Devices the peers are split over (1: no sharding)."""
+        return 1 if self.mesh is None else self.mesh.size
+
+    def place(self, state):
+        """``state`` (e.g. restored from a checkpoint) where the run keeps it."""
+        if self.mesh is None:
+            return state
+        return shard_peers(state, self.mesh, self.scenario.peers)
 
     def with_strategy(self, strategy: tuple[str, int | None]) -> Simulation:
         """The same simulation, its peers lifted by another execution strategy."""
@@ -82,11 +102,13 @@ class Simulation:
         )
 
 
-def eval_lift(strategy: tuple[str, int | None]):
-    """Evaluation over chunks of at most EVAL_PEERS_PER_CHUNK peers (or fewer)."""
+def eval_lift(strategy: tuple[str, int | None], mesh=None):
+    """Evaluation over chunks of at most EVAL_PEERS_PER_CHUNK peers (or fewer),
+    within each device's block of peers when they are split over a mesh."""
     _, k = strategy
     chunk = min(k or EVAL_PEERS_PER_CHUNK, EVAL_PEERS_PER_CHUNK)
-    return lambda fn: lift(fn, "map", chunk)
+    lifter = lambda fn: lift(fn, "map", chunk)  # noqa: E731
+    return lifter if mesh is None else per_device(lifter, mesh)
 
 
 def resolve_strategy(execution, num_peers: int) -> tuple[str, int | None]:
@@ -98,6 +120,8 @@ def resolve_strategy(execution, num_peers: int) -> tuple[str, int | None]:
 def build(scenario, data_dir: str | None = None) -> Simulation:
     """Loads data, model, topology and algorithm; initialises the stacked state."""
     sc, n = scenario, scenario.peers
+    devices = resolve_devices(sc.execution.devices, n)
+    mesh = peer_mesh(devices) if devices > 1 else None
     fed = load_federated(sc.data, n, sc.seed, data_dir)
     model = build_model(dict(sc.model), fed.num_classes, fed.input_shape)
     apply_fn = lambda params, x: model.apply({"params": params}, x)
@@ -129,10 +153,15 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
 
     def runtime(strategy: tuple[str, int | None]):
         lifted = lambda fn: lift(fn, *strategy)
+        if mesh is not None and strategy[0] != "vmap":  # chunks within each device
+            lifted = per_device(lifted, mesh)
         spec = RoundSpec(algorithm, topology.at, lifted, n, sc.data.batch_size, capture)
         metrics = sc.evaluation.metrics
-        evaluate = make_evaluate(apply_fn, eval_lift(strategy), EVAL_BATCH, metrics)
-        return spec, make_chunk(spec, sc.seed), evaluate
+        ev_lift = eval_lift(strategy, mesh)
+        evaluate = make_evaluate(apply_fn, ev_lift, EVAL_BATCH, metrics)
+        if mesh is None:
+            return spec, make_chunk(spec, sc.seed), evaluate
+        return spec, jit_chunk(chunk_body(spec, sc.seed), mesh), evaluate
 
     strategy = resolve_strategy(sc.execution, n)
     spec, chunk, evaluate = runtime(strategy)
@@ -147,8 +176,8 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
     with out_of_memory_guard(estimate):
         stack = lambda p: jnp.broadcast_to(p, (n,) + p.shape)  # noqa: E731
         state = init(jax.tree.map(stack, params), keys, topology.data)
-        data = _device(PeerData(*fed.train))
-        eval_data = _eval_data(fed, sc.evaluation.test_samples, sc.seed)
+        data = _device(PeerData(*fed.train), mesh)
+        eval_data = _eval_data(fed, sc.evaluation.test_samples, sc.seed, mesh)
     sizes = fed.train.size.astype(np.float32)
     by_size = algorithm.rounds.weighting == "data_size"
     weights = sizes if by_size else np.ones_like(sizes)
@@ -187,6 +216,11 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
                 rounds=sc.rounds,
             ),
         )
+    weights = jnp.asarray(weights)
+    if mesh is not None:
+        state = shard_peers(state, mesh, n)
+        topology = dataclasses.replace(topology, data=replicate(topology.data, mesh))
+        weights = replicate(weights, mesh)
     return Simulation(
         scenario=sc,
         spec=spec,
@@ -196,12 +230,13 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         state=state,
         data=data,
         eval_data=eval_data,
-        weights=jnp.asarray(weights),
+        weights=weights,
         num_params=num_params(params),
         strategy=strategy,
         estimate=estimate,
         runtime=runtime,
         attacker=attacker,
+        mesh=mesh,
     )
 
 
@@ -271,7 +306,10 @@ def _undirected(W) -> bool:
     return (pattern != pattern.T).nnz == 0
 
 
-def _device(tree):
+def _device(tree, mesh=None):
+    """``tree`` on the device, or split along the peer axis of ``mesh``."""
+    if mesh is not None:
+        return shard_peers(tree, mesh)
     return jax.tree.map(jnp.asarray, tree)
 
 
@@ -290,7 +328,9 @@ def _test_subset(m: int, samples: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(m, samples, replace=False))
 
 
-def _eval_data(fed, test_samples: int | None = None, seed: int = 0) -> EvalData:
+def _eval_data(
+    fed, test_samples: int | None = None, seed: int = 0, mesh=None
+) -> EvalData:
     cap = min(fed.train.x.shape[1], EVAL_TRAIN_PER_PEER)
     train = PeerData(
         _pad_to(fed.train.x[:, :cap], 1, EVAL_BATCH),
@@ -303,12 +343,12 @@ def _eval_data(fed, test_samples: int | None = None, seed: int = 0) -> EvalData:
         fed.val.size,
     )
     keep = _test_subset(fed.test_y.shape[0], test_samples, seed)
-    return _device(
-        EvalData(
-            train,
-            val,
-            _pad_to(fed.test_x[keep], 0, EVAL_BATCH),
-            _pad_to(fed.test_y[keep], 0, EVAL_BATCH),
-            _pad_to(np.ones(len(keep), np.float32), 0, EVAL_BATCH),
-        )
+    test = (
+        _pad_to(fed.test_x[keep], 0, EVAL_BATCH),
+        _pad_to(fed.test_y[keep], 0, EVAL_BATCH),
+        _pad_to(np.ones(len(keep), np.float32), 0, EVAL_BATCH),
     )
+    if mesh is not None:  # the peers' own sets split, the test set on every device
+        split = _device(train, mesh), _device(val, mesh)
+        return EvalData(*split, *replicate(test, mesh))
+    return _device(EvalData(train, val, *test))

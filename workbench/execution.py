@@ -9,6 +9,10 @@ peer index, never from the chunking), so the choice only changes speed/memory:
 - ``unroll``: the n/k chunks unrolled in one jit, each chunk vmapped; on CPU this
               keeps each chunk's weights in cache (``default_strategy`` says
               when chunking pays).
+
+With ``execution.devices`` > 1 the peer axis is split over devices, and the
+chunks of ``map`` and ``unroll`` are taken within each device's block of peers
+(``workbench.sharding.per_device``).
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def _initial(sim: Simulation, ckpt: Checkpoint | None):
         float(got["server_sent"]),
         float(got["wall"]),
     )
-    return jax.tree.map(jnp.asarray, got["state"]), totals
+    return sim.place(jax.tree.map(jnp.asarray, got["state"])), totals
 
 
 class Timer(NamedTuple):
@@ -263,6 +263,8 @@ def simulate(
     wall = totals.wall + time.perf_counter() - t0
     summary = _summary(sim, row, plan.timer, start, wall)
     summary["execution"] = tuning.to_dict()
+    if sim.devices > 1:  # the peers were split over this many devices
+        summary["execution"]["devices"] = sim.devices
     summary["memory"] = {**plan.footprints[tuning.strategy].to_dict(), **peak_memory()}
     if plan.budget is not None:
         summary["memory"]["budget_bytes"] = plan.budget.bytes

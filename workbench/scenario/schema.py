@@ -15,6 +15,7 @@ import difflib
 from typing import Annotated, Literal
 
 from pydantic import Field, field_serializer, field_validator
+from pydantic_core import PydanticCustomError
 
 from workbench.data.config import DataConfig
 from workbench.scenario.frozen import FrozenDict, FrozenModel
@@ -33,6 +34,10 @@ class ExecutionConfig(FrozenModel):
         (the chunks unrolled in one jit), or ``auto`` (the engine picks the
         strategy and the chunk size). All give the same numbers.
       peers_per_chunk: peers per chunk for ``map`` and ``unroll`` (None: one).
+      devices: local devices the peers are split over (their state and data
+        sharded along the peer axis, see workbench.sharding); must divide the
+        number of peers. ``auto``: all local devices, or the most of them that
+        divides the peers. None or 1: one device, no sharding.
       kernel: the array form of the mixing step, forced, or ``auto`` to pick
         it from the topology.
       memory_budget: GiB the compiled chunk and evaluation may need (XLA's
@@ -44,9 +49,18 @@ class ExecutionConfig(FrozenModel):
 
     strategy: Literal["auto", "vmap", "map", "unroll"] = "auto"
     peers_per_chunk: int | None = Field(None, ge=1)
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
     kernel: Literal["auto", "mean", "roll", "table", "segment", "dense"] = "auto"
     memory_budget: float | None = Field(None, gt=0)
     compilation_cache: str | None = None
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value):
+        ok = value is None or value == "auto" or type(value) is int and value >= 1
+        if not ok:  # one message, not one per member of the union
+            raise PydanticCustomError("devices", "expected an int >= 1 or 'auto'")
+        return value
 
 
 class OutputConfig(FrozenModel):
