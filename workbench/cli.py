@@ -93,10 +93,15 @@ def _cluster_parser(sub) -> None:
     node.add_argument("--rank", required=True, type=int, help="this node's rank")
     node.add_argument("--key", help="this node's .key_secret (default: hosts file)")
     local.add_argument("--nodes", required=True, type=int, help="node processes")
-    local.add_argument("--timeout", type=float, default=10.0,
-                       help="seconds of silence before a node is declared dead")
-    local.add_argument("--insecure", action="store_true",
-                       help="no CurveZMQ keys (plaintext loopback)")
+    local.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds of silence before a node is declared dead",
+    )
+    local.add_argument(
+        "--insecure", action="store_true", help="no CurveZMQ keys (plaintext loopback)"
+    )
     keys = act.add_parser("keys", help="create CurveZMQ key pairs for the nodes")
     keys.add_argument("directory", help="where to write node-<rank>.key[_secret]")
     keys.add_argument("--nodes", required=True, type=int, help="how many ranks")
@@ -116,8 +121,15 @@ def _cluster(args) -> int:
     if args.action == "node":
         from workbench.cluster.run import run_node
 
-        summary = run_node(args.scenario, args.overrides, args.hosts, args.rank,
-                           key=args.key, out=args.out, data_dir=args.data_dir)  # fmt: skip
+        summary = run_node(
+            args.scenario,
+            args.overrides,
+            args.hosts,
+            args.rank,
+            key=args.key,
+            out=args.out,
+            data_dir=args.data_dir,
+        )
         if summary is not None:
             _report(summary, "")
         return 0

@@ -59,7 +59,12 @@ def load_hosts(path: str | Path) -> tuple[Hosts, Path]:
     except OSError as e:
         raise WorkbenchError(f"cannot read hosts file {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise WorkbenchError(f"hosts file {path} is not YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or "syntax error"
+        raise WorkbenchError(
+            f"hosts file {path} is not YAML{where}: {problem}"
+        ) from None
     try:
         hosts = Hosts.model_validate(raw)
     except pydantic.ValidationError as e:

@@ -94,8 +94,9 @@ def launch_local(scenario: str, overrides: list[str], nodes: int, *,
                             secure=secure)  # fmt: skip
     procs = [
         start_node(
-            node_command(scenario, hosts, r, overrides, run_dir if r == 0 else None,
-                         data_dir),  # fmt: skip
+            node_command(
+                scenario, hosts, r, overrides, run_dir if r == 0 else None, data_dir
+            ),  # fmt: skip
             cdir / f"node-{r}.log",
         )
         for r in range(nodes)

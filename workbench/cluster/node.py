@@ -112,9 +112,7 @@ class Node:
         st = self.steps
         t = jnp.int32(0)
         arrays, table, view = jax.eval_shape(st.topology, self.sim.topology.data, t)
-        state, outbox, peers = jax.eval_shape(
-            st.local, self.state, *self.data, t, view
-        )
+        state, outbox, peers = jax.eval_shape(st.local, self.state, *self.data, t, view)
         outboxes = [outbox]
         if self.alg.rounds.gossip_steps > 1:
             outboxes.append(jax.eval_shape(st.resend, state, view))
@@ -166,7 +164,7 @@ class Node:
         return arrays, table, view, idx, weight
 
     def round(self, t: int, live) -> tuple[np.ndarray, float]:
-        """Runs round t with the ``live`` ranks; (bits each block peer sent, server bits)."""
+        """Round t with the ``live`` ranks; (bits each block peer sent, server bits)."""
         t0 = time.perf_counter()
         self.transport.advance(t)
         st, jt = self.steps, jnp.int32(t)
@@ -251,7 +249,9 @@ class Node:
     def peer_exchange(self, t, step, msgs, plan, arrays, table, peers, idx):
         flat = self._flat(msgs)
         self._send_rows("data", t, step, flat, plan)
-        got, missing = self._gather_rows("data", t, step, flat, plan, self.hosts.timeout)
+        got, missing = self._gather_rows(
+            "data", t, step, flat, plan, self.hosts.timeout
+        )
         messages = self._unflat(got, step)
         dropped = None
         if missing:
@@ -259,7 +259,9 @@ class Node:
             mine = np.isin(rows, self.block)
             dropped = mine & np.isin(self.owner[idx], list(missing)) & (idx != rows)
             return messages, dropped
-        inbox = self.steps.deliver(messages, arrays, table, peers, self.weights, jnp.int32(t))
+        inbox = self.steps.deliver(
+            messages, arrays, table, peers, self.weights, jnp.int32(t)
+        )
         return inbox, dropped
 
     def server_exchange(self, t, step, msgs, plan, graph, live):
@@ -270,7 +272,7 @@ class Node:
             got = self.transport.wait("down", t, step, [0], 3 * self.hosts.timeout)
             if 0 not in got:
                 raise WorkbenchError(
-                    f"rank 0 (the coordinator) sent no aggregate for round {t}; stopping"
+                    f"rank 0 (the coordinator) sent no aggregate in round {t}; stopping"
                 )
             row = unnamed(self.down_like, got[0].arrays, "msg")
             b = len(self.block)
@@ -289,6 +291,7 @@ class Node:
 
 def state_rows(state, block: np.ndarray, full):
     """``full`` (host, leaves (n, ...)) with ``block``'s rows set from ``state``."""
+
     def put(f, s):
         f[block] = np.asarray(s)
         return f

@@ -59,7 +59,9 @@ def node_steps(spec: RoundSpec, seed: int, block: np.ndarray) -> NodeSteps:
             new = jax.tree.map(pick, new, state)
         where = jnp.where(active, pos, m)
         full = jax.tree.map(
-            lambda a: jnp.zeros((m,) + a.shape[1:], a.dtype).at[where].set(a, mode="drop"),
+            lambda a: (
+                jnp.zeros((m,) + a.shape[1:], a.dtype).at[where].set(a, mode="drop")
+            ),
             outbox,
         )
         return new, full, peers

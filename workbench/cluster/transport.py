@@ -197,7 +197,9 @@ class Transport:
         self.floor = round_
         self.seen = {k for k in self.seen if k[1] >= round_}
         self.filed = {
-            k: m for k, m in self.filed.items() if k[0] not in ROUND_KINDS or k[1] >= round_
+            k: m
+            for k, m in self.filed.items()
+            if k[0] not in ROUND_KINDS or k[1] >= round_
         }
 
     def close(self) -> None:

@@ -144,8 +144,8 @@ def _check_arrays(h: Header, frames: list, expect: Expect) -> list[ArraySpec]:
     wanted = next((v for v in variants if list(v) == names), None)
     if wanted is None:
         raise WireError(
-            f"'{h.kind}' message with arrays {names[:4]}{'...' if len(names) > 4 else ''}"
-            f" (expected {list(variants[0])[:4]}...)"
+            f"'{h.kind}' message with arrays {names[:3]}... (expected "
+            f"{list(variants[0])[:3]}...)"
         )
     if len(frames) != len(h.arrays):
         raise WireError(

@@ -1,0 +1,158 @@
+"""Cluster mode end to end: node processes on loopback against the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import jax
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from workbench.checkpoint import latest_good
+from workbench.cluster.hosts import load_hosts
+from workbench.cluster.launch import launch_local, node_command, start_node, write_hosts
+from workbench.cluster.wire import encode
+from workbench.results import read_csv
+from workbench.runner import run
+
+QUICK = "scenarios/quickstart.yaml"
+
+
+def _state(run_dir: Path):
+    ckpt = latest_good(run_dir)
+    import flax.serialization
+
+    return flax.serialization.msgpack_restore(ckpt.payload)
+
+
+def _same_run(sim_dir: Path, cl_dir: Path) -> None:
+    """Same final state (to 1e-5), bits sent, and metrics and peer rows."""
+    a, b = _state(sim_dir), _state(cl_dir)
+    assert int(a["round"]) == int(b["round"])
+    for x, y in zip(
+        jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"]), strict=True
+    ):
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(b["sent"], a["sent"])
+    assert float(b["server_sent"]) == float(a["server_sent"])
+    for name in ("metrics.csv", "peers.csv"):
+        ra, rb = read_csv(sim_dir / name), read_csv(cl_dir / name)
+        assert len(ra) == len(rb) > 0
+        for x, y in zip(ra, rb, strict=True):
+            assert x.keys() == y.keys()
+            for k in x:
+                if k != "wall_time":
+                    assert float(y[k]) == pytest.approx(float(x[k]), rel=1e-5, abs=1e-6)
+
+
+CASES = {
+    # the quickstart (average exchange, ring) on 4 nodes
+    "quickstart": (QUICK, ["rounds=6", "eval_every=3"], 4),
+    # gradient tracking: two messages per round (gossip steps), a dirichlet split
+    "tracking": (
+        "scenarios/gt_vs_dsgd.yaml",
+        ["rounds=4", "eval_every=2", "peers=8"],
+        3,
+    ),
+    # FedAvg, half the clients sampled per round: the server exchange on rank 0
+    "fedavg": (
+        QUICK,
+        [
+            "rounds=4",
+            "eval_every=2",
+            "peers=8",
+            "algorithm.name=fedavg",
+            "algorithm.client_fraction=0.5",
+            "algorithm.local_steps=2",
+        ],
+        2,
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cluster_local_equals_simulate(case, tmp_path):
+    scenario, overrides, nodes = CASES[case]
+    sim = run(scenario, overrides, out=str(tmp_path / "sim"), progress=False)
+    cl = launch_local(scenario, overrides, nodes, out=str(tmp_path / "cl"))
+    _same_run(sim.run_dir, cl)
+    summary = json.loads((cl / "summary.json").read_text())
+    assert summary["cluster"]["nodes"] == nodes and summary["cluster"]["secure"]
+    assert summary["cluster"]["events"] == []
+    assert summary["cluster"]["wire_bytes_total"] > 0
+    assert summary["final_mean_test_accuracy"] == pytest.approx(
+        sim.summary["final_mean_test_accuracy"], abs=1e-6
+    )
+
+
+def _wait_for(predicate, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _garbage(port: int, server_key: str) -> None:
+    """Random bytes, an unknown CurveZMQ key, and a plaintext zmq peer."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(os.urandom(512))
+    ctx = zmq.Context()
+    try:
+        public, secret = zmq.curve_keypair()
+        intruder = ctx.socket(zmq.DEALER)
+        intruder.linger = 0
+        intruder.curve_publickey, intruder.curve_secretkey = public, secret
+        intruder.curve_serverkey = server_key.encode()
+        intruder.connect(f"tcp://127.0.0.1:{port}")
+        intruder.send_multipart(encode("data", 0, 0, 0, 1, {}))
+        plain = ctx.socket(zmq.DEALER)
+        plain.linger = 0
+        plain.connect(f"tcp://127.0.0.1:{port}")
+        plain.send_multipart([msgpack.packb({"v": 1}), os.urandom(32)])
+        time.sleep(0.5)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_killed_node_is_dropped_and_rejoins_and_garbage_never_crashes(tmp_path):
+    overrides = ["rounds=2000", "eval_every=50"]
+    cdir = tmp_path / "run" / "cluster"
+    hosts = write_hosts(cdir, 4, timeout=1.5, heartbeat=0.2)
+    out = tmp_path / "run"
+    logs = [cdir / f"node-{r}.log" for r in range(4)]
+    cmd = lambda r: node_command(QUICK, hosts, r, overrides, out if r == 0 else None)  # noqa: E731
+    procs = [start_node(cmd(r), logs[r]) for r in range(4)]
+    try:
+        _wait_for(lambda: (out / "metrics.csv").is_file(), 120, "the first row")
+        procs[2].send_signal(signal.SIGKILL)
+        config = load_hosts(hosts)[0]
+        _garbage(config.nodes[1].port, config.nodes[1].public_key)
+        procs[2].wait()
+        procs[2] = start_node(cmd(2), logs[2])  # restarted: rejoins
+        assert procs[0].wait(timeout=240) == 0, logs[0].read_text()[-2000:]
+        for p in procs[1:]:
+            assert p.wait(timeout=30) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    log0, log1 = logs[0].read_text(), logs[1].read_text()
+    assert "node 2 (peers 8-11) declared dead at round" in log0
+    assert "node 2 rejoins at round" in log0
+    assert "rejoined at round" in logs[2].read_text()
+    assert "refused a connection" in log1  # the handshakes that failed
+    assert "Traceback" not in log0 + log1
+    summary = json.loads((out / "summary.json").read_text())
+    events = [(e["rank"], e["event"]) for e in summary["cluster"]["events"]]
+    assert events == [(2, "dead"), (2, "rejoined")]
+    assert summary["cluster"]["live_at_end"] == [0, 1, 2, 3]
+    rows = read_csv(out / "metrics.csv")
+    assert int(rows[-1]["round"]) == 2000 and float(rows[-1]["test_acc_mean"]) > 0.9
