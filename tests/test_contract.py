@@ -84,19 +84,6 @@ def name(request):
     return request.param
 
 
-def test_chunk_preserves_state_shapes(name):
-    alg = build(name)
-    n = 4
-    _, params, _ = mlp_problem(n)
-    spec = RoundSpec(alg, lambda d, t, k: d, jax.vmap, n, 4)
-    W = from_matrix("dense", ring_weights(n))
-    before = jax.eval_shape(lambda: init_state(spec, params, n, W))
-    state, traffic, *_ = run(alg, n, ring_weights(n))
-    assert jax.tree.structure(state) == jax.tree.structure(before)
-    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(before), strict=True):
-        assert a.shape == b.shape and a.dtype == b.dtype
-    assert traffic.sent.shape == (3, n) and np.all(np.isfinite(traffic.sent))
-
 
 def test_new_graph_does_not_recompile(name):
     alg, n = build(name), 4
@@ -130,10 +117,17 @@ def test_single_peer_equals_plain_sgd(name):
         np.testing.assert_allclose(np.asarray(got)[0], want, rtol=2e-5, atol=2e-6)
 
 
-def test_vmapped_round_equals_per_peer_loop(name):
+def test_chunk_keeps_state_shapes_and_equals_a_per_peer_loop(name):
     alg, n = build(name), 4
     ref, ref_traffic, *_ = run(alg, n, ring_weights(n), lift=loop_lift)
-    got, traffic, *_ = run(alg, n, ring_weights(n))
+    got, traffic, _, params, _ = run(alg, n, ring_weights(n))
+    spec = RoundSpec(alg, lambda d, t, k: d, jax.vmap, n, 4)
+    W = from_matrix("dense", ring_weights(n))
+    before = jax.eval_shape(lambda: init_state(spec, params, n, W))
+    assert jax.tree.structure(got) == jax.tree.structure(before)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(before), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    assert traffic.sent.shape == (3, n) and np.all(np.isfinite(traffic.sent))
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
     np.testing.assert_array_equal(ref_traffic.sent, traffic.sent)

@@ -78,7 +78,7 @@ def _specs(tree, prefix: str, lead: int | None) -> dict:
 
 @dataclasses.dataclass
 class Stats:
-    wire_bytes: float = 0.0  # bytes this node put on the wire
+    exchange_bytes: float = 0.0  # bytes of the exchanges' messages (data, up, down)
     exchange_seconds: float = 0.0  # seconds from first send to last delivery
     round_seconds: float = 0.0
 
@@ -131,7 +131,7 @@ class Node:
         kinds: dict[str, tuple] = {"data": msg, "stop": ({},)}
         if self.rank == 0:
             any_state = _specs(self.state, "state", 1)
-            done = {"sent": ("float64", (-1,)), "wire": ("float64", (3,))}
+            done = {"sent": ("float64", (-1,)), "wire": ("float64", (4,))}
             kinds.update(
                 up=msg,
                 done=(done, {**done, **any_state}),
@@ -212,11 +212,22 @@ class Node:
         shaped = {k: flat[k].reshape(v.shape) for k, v in named(like, "msg").items()}
         return unnamed(like, shaped, "msg")
 
+    def _post(self, dst: int, kind: str, t: int, step: int, arrays) -> None:
+        self.stats.exchange_bytes += self.transport.send(dst, kind, t, step, arrays)
+
+    def wire(self) -> np.ndarray:
+        """(4,) bytes sent (all, exchanges), seconds exchanging, seconds in rounds."""
+        s = self.stats
+        return np.array(
+            [self.transport.sent_bytes, s.exchange_bytes, s.exchange_seconds,
+             s.round_seconds]
+        )  # fmt: skip
+
     def _send_rows(self, kind: str, t: int, step: int, flat, plan: Route) -> None:
         for (src, dst), rows in plan.rows.items():
             if src == self.rank:
                 arrays = {k: v[rows] for k, v in flat.items()}
-                self.stats.wire_bytes += self.transport.send(dst, kind, t, step, arrays)
+                self._post(dst, kind, t, step, arrays)
 
     def _gather_rows(self, kind: str, t: int, step: int, flat, plan: Route, timeout):
         """Own rows plus the rows received; (assembled, ranks that did not deliver)."""
@@ -285,7 +296,7 @@ class Node:
                                    jnp.asarray(weights), jnp.int32(t))  # fmt: skip
         down = named(jax.tree.map(lambda a: a[0], inbox), "msg")
         for r in sorted(set(live) - {0}):
-            self.stats.wire_bytes += self.transport.send(r, "down", t, step, down)
+            self._post(r, "down", t, step, down)
         return inbox
 
 

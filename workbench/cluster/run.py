@@ -170,15 +170,11 @@ class Worker:
                 node.state = jax.tree.map(jnp.asarray, node.state)
                 log.info("rejoined at round %d from the last checkpoint", t)
             sent, _ = node.round(t, msg.live)
-            arrays = {"sent": sent, "wire": self._wire()}
+            arrays = {"sent": sent, "wire": node.wire()}
             if _is_eval_round(t, sc):
                 arrays.update(_state_arrays(node))
-            node.stats.wire_bytes += tr.send(0, "done", t, 0, arrays)
+            tr.send(0, "done", t, 0, arrays)
             expected = t + 1
-
-    def _wire(self) -> np.ndarray:
-        s = self.node.stats
-        return np.array([s.wire_bytes, s.exchange_seconds, s.round_seconds])
 
 
 class Coordinator:
@@ -331,10 +327,9 @@ class Coordinator:
     def _summary(self, row: dict, wall: float, evals: float) -> dict:
         node, sim = self.node, self.node.sim
         stats = node.stats
-        own = np.array([stats.wire_bytes, stats.exchange_seconds, stats.round_seconds])
-        wire = {0: own, **self.wire}
-        total_bytes = float(sum(w[0] for w in wire.values()))
-        exchange_s = float(np.mean([w[1] for w in wire.values()]))
+        wire = np.stack([node.wire()] + list(self.wire.values()))
+        total_bytes, exchange_bytes = wire[:, 0].sum(), wire[:, 1].sum()
+        exchange_s = float(wire[:, 2].mean())
         timer = Timer(self.compile_s, stats.round_seconds, evals, 1)
         summary = _summary(sim, row, timer, 0, wall)
         summary["cluster"] = {
@@ -345,10 +340,12 @@ class Coordinator:
             "seconds_per_round": wall / max(sim.scenario.rounds, 1),
             # rank 0's own rounds: its steps and exchanges, no evaluation
             "round_seconds_rank0": stats.round_seconds / max(sim.scenario.rounds, 1),
-            "wire_bytes_total": total_bytes,
+            "wire_bytes_total": float(total_bytes),  # every message, headers included
+            "exchange_bytes_total": float(exchange_bytes),  # the exchanges' messages
             "exchange_seconds_per_node": exchange_s,
-            # all nodes' bytes over the time a node spends exchanging (in parallel)
-            "throughput_mb_per_s": total_bytes / 1e6 / max(exchange_s, 1e-9),
+            # the exchanges' bytes (all nodes) over the time a node spends
+            # exchanging (they exchange in parallel): waiting included
+            "throughput_mb_per_s": exchange_bytes / 1e6 / max(exchange_s, 1e-9),
             "events": self.events,
             "live_at_end": sorted(self.live),
         }

@@ -62,6 +62,7 @@ class Transport:
         self.filed: dict[tuple, Message] = {}
         self.seen: set[tuple] = set()
         self.floor = 0  # messages of earlier rounds are replays
+        self.sent_bytes = 0  # header and array bytes sent, all messages
         self.heard: dict[int, float] = {}  # rank -> monotonic time last heard
         self.stopping = threading.Event()
         self.beat = None
@@ -83,7 +84,9 @@ class Transport:
         """Sends one message; its size in bytes."""
         frames = encode(kind, round_, step, self.rank, rank, arrays or {}, live)
         self._socket(rank).send_multipart(frames, copy=False)
-        return sum(len(f) for f in frames)
+        size = sum(memoryview(f).nbytes for f in frames)
+        self.sent_bytes += size
+        return size
 
     def start_heartbeat(self, to: int = 0) -> None:
         """A thread sending a heartbeat to rank ``to`` every hosts.heartbeat s."""
