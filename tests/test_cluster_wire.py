@@ -215,3 +215,40 @@ def test_keys_round_trip(tmp_path):
     assert got.decode() == public[1] and len(secret) == 40
     with pytest.raises(WorkbenchError, match="no secret key"):
         load_keypair(tmp_path / "node-1.key")
+
+
+def test_rank0_refuses_a_node_with_another_scenario_or_a_malformed_result(caplog):
+    from types import SimpleNamespace
+
+    from workbench.cluster.run import Coordinator, scenario_digest
+    from workbench.cluster.wire import Message
+    from workbench.scenario import load_scenario
+
+    sc = load_scenario("scenarios/quickstart.yaml", ["rounds=10", "eval_every=5"])
+    other = load_scenario(
+        "scenarios/quickstart.yaml", ["rounds=10", "algorithm.lr=0.1"]
+    )
+    assert scenario_digest(sc).shape == (32,)
+    filed = {}
+    transport = SimpleNamespace(take=lambda *key: filed.pop(key, None))
+    coord = Coordinator.__new__(Coordinator)
+    coord.node = SimpleNamespace(transport=transport, blocks=blocks(16, 4))
+    coord.sc, coord.digest = sc, scenario_digest(sc)
+    for rank, scenario in ((1, sc), (2, other)):
+        filed["ready", 0, 0, rank] = Message(
+            "ready", 0, 0, rank, {"scenario": scenario_digest(scenario)}
+        )
+    assert coord._ready(1) and not coord._ready(2) and not coord._ready(3)
+    assert "rank 2 runs another scenario" in caplog.text
+
+    def done(rows: int, state: bool):
+        arrays = {"sent": np.zeros(rows), "wire": np.zeros(4)}
+        if state:
+            arrays["state.params"] = np.zeros((rows, 3))
+        return Message("done", 4, 0, 1, arrays)
+
+    assert coord._well_formed(done(4, True), 1, 4)  # round 5 is evaluated
+    assert coord._well_formed(done(4, False), 1, 3)
+    assert not coord._well_formed(done(3, True), 1, 4)  # a row short
+    assert not coord._well_formed(done(4, False), 1, 4)  # state missing
+    assert not coord._well_formed(done(4, True), 1, 3)  # state not due

@@ -135,7 +135,7 @@ class Node:
             kinds.update(
                 up=msg,
                 done=(done, {**done, **any_state}),
-                ready=({},),
+                ready=({"scenario": ("uint8", (32,))},),
                 heartbeat=({},),
             )
         else:

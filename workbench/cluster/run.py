@@ -9,6 +9,7 @@ does. The other ranks answer ``go`` with a round and ``done``, until ``stop``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.checkpoint import save_checkpoint
+from workbench.checkpoint import canonical, save_checkpoint
 from workbench.cluster.hosts import Hosts, load_hosts
 from workbench.cluster.node import Node, host_copy, named, state_rows, unnamed
 from workbench.cluster.security import load_keypair, secret_key_path
@@ -126,6 +127,12 @@ def _is_eval_round(t: int, sc) -> bool:
     return (t + 1) % sc.eval_every == 0 or t + 1 == sc.rounds
 
 
+def scenario_digest(scenario) -> np.ndarray:
+    """(32,) uint8 sha256 of the resolved scenario: every node must run the same."""
+    text = canonical(scenario_to_dict(scenario)).encode()
+    return np.frombuffer(hashlib.sha256(text).digest(), np.uint8)
+
+
 def _state_arrays(node: Node) -> dict:
     return {k: np.asarray(v) for k, v in named(node.state, "state").items()}
 
@@ -136,8 +143,8 @@ class Worker:
 
     def _next(self, expected: int):
         """The next ``go`` (round >= expected) or ``stop`` message, or an error."""
-        tr, limit = self.node.transport, self.node.hosts
-        wait = limit.startup_timeout if expected == 0 else 3 * limit.timeout
+        tr = self.node.transport
+        wait = self.node.hosts.startup_timeout  # rank 0 may be evaluating
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             for key in sorted(k for k in tr.filed if k[0] in ("go", "stop")):
@@ -158,7 +165,7 @@ class Worker:
         node, tr = self.node, self.node.transport
         sc = node.sim.scenario
         tr.start_heartbeat(0)
-        tr.send(0, "ready", 0)
+        tr.send(0, "ready", 0, 0, {"scenario": scenario_digest(sc)})
         expected = 0
         while True:
             msg = self._next(expected)
@@ -191,6 +198,21 @@ class Coordinator:
         self.dead_at: dict[int, float] = {}  # rank -> monotonic time declared dead
         self.events: list[dict] = []
         self.wire: dict[int, np.ndarray] = {}
+        self.digest = scenario_digest(self.sc)
+
+    def _ready(self, r: int) -> bool:
+        """Whether rank r said ``ready`` with this run's scenario."""
+        msg = self.node.transport.take("ready", 0, 0, r)
+        if msg is None:
+            return False
+        if not np.array_equal(msg.arrays["scenario"], self.digest):
+            log.warning(
+                "rank %d runs another scenario (its resolved scenario differs from "
+                "rank 0's); start it with the same file and --set values",
+                r,
+            )
+            return False
+        return True
 
     def _await_ready(self) -> None:
         tr, hosts = self.node.transport, self.node.hosts
@@ -198,7 +220,7 @@ class Coordinator:
         deadline = time.monotonic() + hosts.startup_timeout
         while waiting and time.monotonic() < deadline:
             tr.pump(0.05)
-            waiting = {r for r in waiting if tr.take("ready", 0, 0, r) is None}
+            waiting = {r for r in waiting if not self._ready(r)}
         if waiting:
             raise WorkbenchError(
                 f"rank(s) {sorted(waiting)} did not start within "
@@ -209,12 +231,18 @@ class Coordinator:
         tr = self.node.transport
         back = set()
         for r, since in self.dead_at.items():
-            ready = tr.take("ready", 0, 0, r) is not None
-            if ready or tr.heard.get(r, 0.0) > since + self.node.hosts.timeout:
+            if self._ready(r) or tr.heard.get(r, 0.0) > since + self.node.hosts.timeout:
                 back.add(r)
         for r in back:
             del self.dead_at[r]
         return back
+
+    def _well_formed(self, msg, r: int, t: int) -> bool:
+        """A ``done`` with a row per peer of rank r, and its state when due."""
+        b = len(self.node.blocks[r])
+        state = [k for k in msg.arrays if k.startswith("state")]
+        rows_ok = all(v.shape[0] == b for k, v in msg.arrays.items() if k != "wire")
+        return rows_ok and bool(state) == _is_eval_round(t, self.sc)
 
     def _declare_dead(self, ranks: set[int], t: int, why: str) -> None:
         for r in sorted(ranks):
@@ -236,10 +264,13 @@ class Coordinator:
         while waiting:
             for r in list(waiting):
                 msg = tr.take("done", t, 0, r)
-                if msg is not None:
+                if msg is not None and not self._well_formed(msg, r, t):
+                    self._declare_dead({r}, t + 1, "its result was malformed")
+                    waiting.discard(r)
+                elif msg is not None:
                     got[r] = msg
                     waiting.discard(r)
-                elif tr.take("ready", 0, 0, r) is not None:
+                elif self._ready(r):
                     self._declare_dead({r}, t + 1, "it restarted")
                     self.dead_at[r] = 0.0  # rejoins at once
                     waiting.discard(r)
