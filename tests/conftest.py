@@ -11,10 +11,16 @@ Many tests compile the same small scenarios; JAX's persistent compilation cache,
 in a directory that lives as long as the session, compiles each program once.
 """
 
+import os
 import shutil
 import tempfile
 
-import jax
+# LLVM's -O1 for XLA's CPU code: 10-22% less compile time, the same numbers
+# (XLA's own passes and float semantics are unchanged); the suite is mostly
+# compilation. Read when JAX starts its backend (a test's own flags win).
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=1")
+
+import jax  # noqa: E402
 
 from workbench.allocator import reexec_with_huge_pages
 
@@ -30,7 +36,7 @@ def pytest_configure(config):
         capture.start_global_capturing()
     config.compilation_cache = tempfile.mkdtemp(prefix="workbench-tests-xla-")
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 def pytest_unconfigure(config):

@@ -252,3 +252,17 @@ def test_rank0_refuses_a_node_with_another_scenario_or_a_malformed_result(caplog
     assert not coord._well_formed(done(3, True), 1, 4)  # a row short
     assert not coord._well_formed(done(4, False), 1, 4)  # state missing
     assert not coord._well_formed(done(4, True), 1, 3)  # state not due
+
+
+def test_a_busy_port_is_one_line():
+    from workbench.cluster.hosts import Hosts
+    from workbench.cluster.launch import free_ports
+
+    (port,) = free_ports(1)
+    hosts = Hosts.model_validate({"nodes": [{"host": "127.0.0.1", "port": port}]})
+    first = Transport(hosts, 0, None, EXPECT._replace(rank=0, ranks=1))
+    try:
+        with pytest.raises(WorkbenchError, match=f"cannot listen on tcp://\\*:{port}"):
+            Transport(hosts, 0, None, EXPECT._replace(rank=0, ranks=1))
+    finally:
+        first.close()

@@ -165,13 +165,20 @@ def _keys(name: str) -> list[str]:
     return [p for p in params if p not in ALGORITHMS.context]
 
 
-def _help(subcommand: str, capsys) -> str:
-    """``workbench SUBCOMMAND --help`` (``topology describe --help`` for topology)."""
+def _help(words: list[str], capsys) -> str:
+    """``workbench SUBCOMMAND --help`` (``topology describe --help`` for topology;
+    ``cluster ACTION --help`` for cluster)."""
     from workbench.cli import main
     from workbench.topology.cli import describe
 
+    subcommand = words[1]
     with pytest.raises(SystemExit) as exit_:
-        describe(["--help"]) if subcommand == "topology" else main([subcommand, "-h"])
+        if subcommand == "topology":
+            describe(["--help"])
+        elif subcommand == "cluster":
+            main(words[1:3] + ["-h"])
+        else:
+            main([subcommand, "-h"])
     assert exit_.value.code == 0, subcommand
     return capsys.readouterr().out
 
@@ -182,6 +189,6 @@ def test_readme_commands_use_existing_subcommands_and_options(capsys):
     assert [c[:2] for c in commands[:2]] == [["workbench", "simulate"]] * 2
     for words in commands:
         assert words[0] == "workbench"
-        usage = _help(words[1], capsys)
+        usage = _help(words, capsys)
         for option in (w.strip("[]") for w in words if w.lstrip("[").startswith("--")):
             assert re.search(rf"(^|\s){re.escape(option)}\b", usage, re.M), option

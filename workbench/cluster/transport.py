@@ -23,6 +23,7 @@ from zmq.utils.monitor import recv_monitor_message
 from workbench.cluster import security
 from workbench.cluster.hosts import Hosts
 from workbench.cluster.wire import Expect, Message, WireError, decode, encode
+from workbench.errors import WorkbenchError
 
 log = logging.getLogger("workbench.cluster")
 
@@ -57,7 +58,6 @@ class Transport:
         if hosts.secure:
             security.make_server(self.inbox, *keypair)
         self.monitor = self.inbox.get_monitor_socket()
-        self.inbox.bind(hosts.address(rank, bind=True))
         self.out: dict[int, zmq.Socket] = {}
         self.filed: dict[tuple, Message] = {}
         self.seen: set[tuple] = set()
@@ -66,6 +66,15 @@ class Transport:
         self.heard: dict[int, float] = {}  # rank -> monotonic time last heard
         self.stopping = threading.Event()
         self.beat = None
+        address = hosts.address(rank, bind=True)
+        try:
+            self.inbox.bind(address)
+        except zmq.ZMQError as e:
+            self.close()
+            raise WorkbenchError(
+                f"rank {rank} cannot listen on {address}: {e.strerror} (is another "
+                "node on this port? see the hosts file)"
+            ) from None
 
     def _socket(self, rank: int) -> zmq.Socket:
         if rank not in self.out:
