@@ -173,27 +173,27 @@ class Node:
         peers_host = np.asarray(peers)
         sent_bits = np.zeros(len(self.block))
         server_bits = 0.0
+        kind = self.alg.exchange
+        plan = route(kind, idx, weight, peers_host, self.owner, self.rank, live)
         for step in range(self.alg.rounds.gossip_steps):
             if step:
                 outbox = st.resend(state, view)
             msgs, sent, server = st.send(outbox, arrays, table, peers, self.weights, jt)
             sent_bits += np.asarray(sent, np.float64)[self.block]
             server_bits += float(server)
-            plan = route(self.alg.exchange, idx, weight, peers_host, self.owner,
-                         self.rank, live)  # fmt: skip
             e0 = time.perf_counter()
-            if self.alg.exchange == "server":
+            if kind == "server":
                 inbox = self.server_exchange(
                     t, step, msgs, plan, (arrays, table, peers), live
                 )
             else:
-                inbox, dropped = self.peer_exchange(
-                    t, step, msgs, plan, arrays, table, peers, idx
-                )
+                messages, dropped = self.peer_exchange(t, step, msgs, plan, idx)
                 if dropped is not None:  # late messages: failed links this round
                     weight = drop_edges(weight, dropped)
                     arrays, table, view, idx, weight = self.reweighted(idx, weight)
-                    inbox = st.deliver(inbox, arrays, table, peers, self.weights, jt)
+                    plan = route(kind, idx, weight, peers_host, self.owner,
+                                 self.rank, live)  # fmt: skip
+                inbox = st.deliver(messages, arrays, table, peers, self.weights, jt)
             self.stats.exchange_seconds += time.perf_counter() - e0
             state = st.combine(state, inbox, view)
         self.state = jax.block_until_ready(state)
@@ -229,8 +229,9 @@ class Node:
                 arrays = {k: v[rows] for k, v in flat.items()}
                 self._post(dst, kind, t, step, arrays)
 
-    def _gather_rows(self, kind: str, t: int, step: int, flat, plan: Route, timeout):
+    def _gather_rows(self, kind: str, t: int, step: int, flat, plan: Route):
         """Own rows plus the rows received; (assembled, ranks that did not deliver)."""
+        timeout = self.hosts.timeout
         out = {k: np.zeros_like(v) for k, v in flat.items()}
         for k, v in flat.items():
             out[k][plan.own] = v[plan.own]
@@ -257,23 +258,18 @@ class Node:
             )  # fmt: skip
         return out, missing
 
-    def peer_exchange(self, t, step, msgs, plan, arrays, table, peers, idx):
+    def peer_exchange(self, t, step, msgs, plan, idx):
+        """(messages assembled from the wire, (n, k) table entries whose message
+        never came, or None)."""
         flat = self._flat(msgs)
         self._send_rows("data", t, step, flat, plan)
-        got, missing = self._gather_rows(
-            "data", t, step, flat, plan, self.hosts.timeout
-        )
-        messages = self._unflat(got, step)
-        dropped = None
-        if missing:
-            rows = np.arange(self.n)[:, None]
-            mine = np.isin(rows, self.block)
-            dropped = mine & np.isin(self.owner[idx], list(missing)) & (idx != rows)
-            return messages, dropped
-        inbox = self.steps.deliver(
-            messages, arrays, table, peers, self.weights, jnp.int32(t)
-        )
-        return inbox, dropped
+        got, missing = self._gather_rows("data", t, step, flat, plan)
+        if not missing:
+            return self._unflat(got, step), None
+        rows = np.arange(self.n)[:, None]
+        mine = np.isin(rows, self.block)
+        dropped = mine & np.isin(self.owner[idx], list(missing)) & (idx != rows)
+        return self._unflat(got, step), dropped
 
     def server_exchange(self, t, step, msgs, plan, graph, live):
         arrays, table, peers = graph
@@ -288,7 +284,7 @@ class Node:
             row = unnamed(self.down_like, got[0].arrays, "msg")
             b = len(self.block)
             return jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape), row)
-        got, missing = self._gather_rows("up", t, step, flat, plan, self.hosts.timeout)
+        got, missing = self._gather_rows("up", t, step, flat, plan)
         weights = np.asarray(self.weights).copy()
         absent = np.isin(self.owner, list(missing))
         weights[absent] = 0.0  # participants whose update never came
