@@ -50,15 +50,11 @@ def init_state(spec, params, n, topo_data):
 
 
 def loop_lift(fn):
-    """A per-peer Python loop: each peer alone, results stacked."""
+    """A per-peer loop: each peer alone (unbatched, one per ``lax.map``
+    iteration), results stacked; compiled once, not once per peer."""
 
     def lifted(*args):
-        n = jax.tree.leaves(args)[0].shape[0]
-        outs = [
-            jax.vmap(fn)(*jax.tree.map(lambda a, i=i: a[i : i + 1], args))
-            for i in range(n)
-        ]
-        return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)
+        return jax.lax.map(lambda a: fn(*a), args)
 
     return lifted
 
