@@ -135,6 +135,10 @@ def test_replayed_and_out_of_order_rounds_are_dropped(caplog):
     assert "dropped a message: header is not msgpack" in caplog.text
     tr.advance(5)  # round 4 is over: its leftovers go
     assert sorted(tr.filed) == [("data", 5, 0, 0)]
+    fresh = _transport()
+    fresh.floor = None  # a node rejoining mid-run: data may precede its 'go'
+    _file(fresh, _frames(round_=314))
+    assert ("data", 314, 0, 0) in fresh.filed
 
 
 def _ring(n):

@@ -61,7 +61,9 @@ class Transport:
         self.out: dict[int, zmq.Socket] = {}
         self.filed: dict[tuple, Message] = {}
         self.seen: set[tuple] = set()
-        self.floor = 0  # messages of earlier rounds are replays
+        # messages of rounds before it are replays; None until the first round
+        # (a node that rejoins mid-run gets data before it knows the round)
+        self.floor: int | None = None
         self.sent_bytes = 0  # header and array bytes sent, all messages
         self.heard: dict[int, float] = {}  # rank -> monotonic time last heard
         self.stopping = threading.Event()
@@ -141,11 +143,12 @@ class Transport:
         self.heard[msg.sender] = time.monotonic()
         key = (msg.kind, msg.round, msg.step, msg.sender)
         if msg.kind in ROUND_KINDS:
-            if msg.round < self.floor or msg.round > self.floor + 1:
+            floor = msg.round if self.floor is None else self.floor
+            if msg.round < floor or msg.round > floor + 1:
                 log.warning(
                     "rank %d dropped a '%s' message from rank %d: round %d is "
                     "replayed or out of order (now at round %d)",
-                    self.rank, msg.kind, msg.sender, msg.round, self.floor,
+                    self.rank, msg.kind, msg.sender, msg.round, floor,
                 )  # fmt: skip
                 return
             if key in self.seen:
