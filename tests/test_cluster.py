@@ -68,6 +68,12 @@ CASES = {
         ["rounds=4", "eval_every=2", "peers=8"],
         2,
     ),
+    # ZeroSum: per-edge noisy messages (the edge exchange), each to its receiver
+    "zerosum": (
+        QUICK,
+        ["rounds=4", "eval_every=2", "peers=8", "algorithm.name=zerosum"],
+        2,
+    ),
     # FedAvg, half the clients sampled per round: the server exchange on rank 0
     "fedavg": (
         QUICK,

@@ -134,7 +134,8 @@ print(json.dumps(out))
 def sharded():
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4 "
+        "--xla_backend_optimization_level=1",
         "JAX_PLATFORMS": "cpu",
     }
     done = subprocess.run(
