@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -100,6 +99,10 @@ class Node:
         self.data = take(tuple(sim.data))
         self.weights = sim.weights
         self.table_of = jax.jit(lambda arrays: as_table(arrays, self.n))
+        # a static graph's round arrays and routes, per set of live ranks
+        self.static = not sim.topology.info.get("dynamic")
+        self.graphs: dict = {}
+        self.routes: dict = {}
         self.stats = Stats()
         self._shapes()
         self.transport = Transport(hosts, rank, keypair, self._expect())
@@ -122,11 +125,15 @@ class Node:
         self.down_like = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), inbox
         )
-        self.edge = self.alg.exchange == "edge"
+
+    @property
+    def lead(self) -> int:
+        """Leading axes of a message array that index deliveries: (n, k) per
+        edge for the ``edge`` exchange, else (m,) senders."""
+        return 2 if self.alg.exchange == "edge" else 1
 
     def _expect(self) -> Expect:
-        lead = 2 if self.edge else 1
-        msg = tuple(_specs(like, "msg", lead) for like in self.msgs_like)
+        msg = tuple(_specs(like, "msg", self.lead) for like in self.msgs_like)
         own_state = _specs(self.state, "state", None)
         kinds: dict[str, tuple] = {"data": msg, "stop": ({},)}
         if self.rank == 0:
@@ -148,7 +155,27 @@ class Node:
     # ---------------------------------------------------------- the round
 
     def graph(self, t: int, live):
-        """The round's (arrays, table, view, host idx, host weight), faults applied."""
+        """The round's (arrays, table, view, host idx, host weight), faults applied;
+        computed once per live set for a static graph."""
+        key = frozenset(live)
+        if not self.static:
+            return self._graph(t, live)
+        if key not in self.graphs:
+            self.graphs[key] = self._graph(t, live)
+        return self.graphs[key]
+
+    def route(self, idx, weight, peers: np.ndarray, live, fresh: bool = False):
+        """The round's route (see routing.py); cached for a static graph unless
+        ``fresh`` (weights changed by failed links)."""
+        if fresh or not self.static:
+            return route(self.alg.exchange, idx, weight, peers, self.owner,
+                         self.rank, live)  # fmt: skip
+        key = (frozenset(live), peers.tobytes())
+        if key not in self.routes:
+            self.routes[key] = self.route(idx, weight, peers, live, fresh=True)
+        return self.routes[key]
+
+    def _graph(self, t: int, live):
         arrays, table, view = self.steps.topology(self.sim.topology.data, jnp.int32(t))
         base = self.table_of(arrays)
         idx, weight = np.asarray(base.idx), np.asarray(base.weight, np.float64)
@@ -174,7 +201,7 @@ class Node:
         sent_bits = np.zeros(len(self.block))
         server_bits = 0.0
         kind = self.alg.exchange
-        plan = route(kind, idx, weight, peers_host, self.owner, self.rank, live)
+        plan = self.route(idx, weight, peers_host, live)
         for step in range(self.alg.rounds.gossip_steps):
             if step:
                 outbox = st.resend(state, view)
@@ -191,8 +218,7 @@ class Node:
                 if dropped is not None:  # late messages: failed links this round
                     weight = drop_edges(weight, dropped)
                     arrays, table, view, idx, weight = self.reweighted(idx, weight)
-                    plan = route(kind, idx, weight, peers_host, self.owner,
-                                 self.rank, live)  # fmt: skip
+                    plan = self.route(idx, weight, peers_host, live, fresh=True)
                 inbox = st.deliver(messages, arrays, table, peers, self.weights, jt)
             self.stats.exchange_seconds += time.perf_counter() - e0
             state = st.combine(state, inbox, view)
@@ -201,9 +227,8 @@ class Node:
         return sent_bits, server_bits
 
     def _flat(self, msgs) -> dict[str, np.ndarray]:
-        lead = 2 if self.edge else 1
         return {
-            k: np.asarray(v).reshape((-1,) + v.shape[lead:])
+            k: np.asarray(v).reshape((-1,) + v.shape[self.lead :])
             for k, v in named(msgs, "msg").items()
         }
 
@@ -308,7 +333,3 @@ def state_rows(state, block: np.ndarray, full):
 
 def host_copy(tree):
     return jax.tree.map(lambda a: np.array(a), tree)
-
-
-def node_dir(run_dir: Path, rank: int) -> Path:
-    return run_dir / "cluster" / f"node-{rank}"

@@ -192,7 +192,7 @@ class Transport:
         return self.filed.pop((kind, round_, step, sender), None)
 
     def wait(self, kind: str, round_: int, step: int, senders, timeout: float):
-        """{sender: Message} of those that arrive within ``timeout`` s of silence."""
+        """{sender: Message} of those that arrive within ``timeout`` seconds."""
         got: dict[int, Message] = {}
         want = set(senders)
         deadline = time.monotonic() + timeout
