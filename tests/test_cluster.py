@@ -183,15 +183,15 @@ def test_a_killed_node_is_dropped_and_rejoins_and_garbage_never_crashes(tmp_path
     assert int(rows[-1]["round"]) == 700 and float(rows[-1]["test_acc_mean"]) > 0.9
 
 
-def test_a_message_that_misses_the_timeout_is_a_failed_link(caplog):
-    """Rank 1 never sends: rank 0's peers mix without its models, the weight
-    of each missing model moved to the receiver's own (link-failure semantics)."""
+def _alone_on_rank0(overrides):
+    """Rank 0 of two runs round 0 while rank 1 never sends anything; the
+    kernel of rank 0's messages (n, 64, 4) and its peers' kernels after it."""
     from workbench.cluster.hosts import Hosts
     from workbench.cluster.node import Node
     from workbench.engine import build
     from workbench.scenario import load_scenario
 
-    sc = load_scenario(QUICK, ["peers=4", "model.hidden=[4]"])
+    sc = load_scenario(QUICK, ["peers=4", "model.hidden=[4]"] + overrides)
     ports = free_ports(2)
     hosts = Hosts.model_validate(
         {"nodes": [{"host": "127.0.0.1", "port": p} for p in ports], "timeout": 0.3}
@@ -204,10 +204,28 @@ def test_a_message_that_misses_the_timeout_is_a_failed_link(caplog):
         node.round(0, {0, 1})
     finally:
         node.transport.close()
+    sent = np.asarray(outbox["Dense_0"]["kernel"])  # rows 0, 1 are rank 0's
+    return node, sent, np.asarray(node.state.params["Dense_0"]["kernel"])
+
+
+def test_a_message_that_misses_the_timeout_is_a_failed_link(caplog):
+    """Rank 1 never sends: rank 0's peers mix without its models, the weight
+    of each missing model moved to the receiver's own (link-failure semantics)."""
+    _, x, got = _alone_on_rank0([])
     assert "no 'data' message from rank(s) [1] in round 0" in caplog.text
     # ring of 4, W = 1/3 on self and both neighbours: peer 0 misses peer 3's
     # model, peer 1 misses peer 2's; each keeps 2/3 on itself
-    x = np.asarray(outbox["Dense_0"]["kernel"])  # (4, 64, 4): rows 0, 1 are ours
     want = np.stack([2 / 3 * x[0] + 1 / 3 * x[1], 1 / 3 * x[0] + 2 / 3 * x[1]])
-    got = np.asarray(node.state.params["Dense_0"]["kernel"])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_an_update_that_misses_the_timeout_leaves_the_server_mean(caplog):
+    """FedAvg: rank 1's clients never upload; rank 0 averages the updates it
+    has, weighted by data size, and its clients take that mean."""
+    unequal = "data.partition={name: unbalanced, sigma: 1.0}"
+    node, x, got = _alone_on_rank0(["algorithm.name=fedavg", unequal])
+    assert "no 'up' message from rank(s) [1] in round 0" in caplog.text
+    w = np.asarray(node.weights)[:2]  # data sizes of peers 0 and 1
+    assert w.min() > 0 and w[0] != w[1]  # the test tells the weighting apart
+    mean = (w[0] * x[0] + w[1] * x[1]) / w.sum()
+    np.testing.assert_allclose(got, np.stack([mean, mean]), rtol=1e-5, atol=1e-6)
