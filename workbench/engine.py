@@ -18,6 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from workbench.algorithms import ALGORITHMS
+from workbench.clock import build_clock, init_clocked, needs_clock
+from workbench.comm.messages import plain
 from workbench.data import load_federated
 from workbench.errors import ScenarioError
 from workbench.evaluation import make_evaluate
@@ -38,6 +40,7 @@ from workbench.rounds import (
     chunk_body,
     init_state,
     make_chunk,
+    make_phases,
     make_round,
     peer_topology,
     root_key,
@@ -151,11 +154,15 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
             second=sc.privacy.marginalized,
         )
 
+    clock = None
+
     def runtime(strategy: tuple[str, int | None]):
         lifted = lambda fn: lift(fn, *strategy)
         if mesh is not None and strategy[0] != "vmap":  # chunks within each device
             lifted = per_device(lifted, mesh)
-        spec = RoundSpec(algorithm, topology.at, lifted, n, sc.data.batch_size, capture)
+        spec = RoundSpec(
+            algorithm, topology.at, lifted, n, sc.data.batch_size, capture, clock
+        )
         metrics = sc.evaluation.metrics
         ev_lift = eval_lift(strategy, mesh)
         evaluate = make_evaluate(apply_fn, ev_lift, EVAL_BATCH, metrics)
@@ -165,6 +172,9 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
 
     strategy = resolve_strategy(sc.execution, n)
     spec, chunk, evaluate = runtime(strategy)
+    clocked = sc.clock is not None or needs_clock(algorithm)
+    if clocked:
+        check_clocked(sc, devices, name)
     params = init_params(model, fed.input_shape, root_key(sc.seed))
     keys = jax.random.split(root_key(sc.seed + 1), n)
     init = jax.jit(functools.partial(init_state, spec, sc.seed))
@@ -178,6 +188,10 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         state = init(jax.tree.map(stack, params), keys, topology.data)
         data = _device(PeerData(*fed.train), mesh)
         eval_data = _eval_data(fed, sc.evaluation.test_samples, sc.seed, mesh)
+        if clocked:
+            clock = clock_for(sc, spec, algorithm, name, state, data, topology, params)
+            spec, chunk, evaluate = runtime(strategy)
+            state = init_clocked(spec, sc.seed, state, data, topology.data)
     sizes = fed.train.size.astype(np.float32)
     by_size = algorithm.rounds.weighting == "data_size"
     weights = sizes if by_size else np.ones_like(sizes)
@@ -237,6 +251,55 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         runtime=runtime,
         attacker=attacker,
         mesh=mesh,
+    )
+
+
+def check_clocked(sc, devices: int, name: str) -> None:
+    """One line for what the virtual clock does not run with."""
+    why = "asynchronous" if sc.clock is None else "on the virtual clock"
+    if sc.privacy is not None:
+        raise ScenarioError(
+            "privacy", f"the privacy stage does not capture runs {why} (yet)"
+        )
+    if devices > 1:
+        raise ScenarioError(
+            "execution.devices", f"a run {why} keeps its clock on one device"
+        )
+
+
+def _bits(tree) -> float:
+    """Bits of one peer's part of a stacked pytree of shapes (leaves (n, ...))."""
+    return float(
+        sum(
+            math.prod(x.shape[1:]) * np.dtype(x.dtype).itemsize * 8
+            for x in jax.tree.leaves(tree)
+        )
+    )
+
+
+def clock_for(sc, spec, algorithm, name, state, data, topology, params):
+    """The run's ClockSpec, sized from the algorithm's messages (traced only)."""
+    t0 = jnp.int32(0)
+    view = None
+    if algorithm.uses_topology:
+        arrays = topology.at(topology.data, t0, round_key(sc.seed, t0, TOPOLOGY))
+        view = peer_topology(arrays, sc.peers)[1]
+    local = make_phases(spec, sc.seed).local
+    peers = jnp.arange(sc.peers, dtype=jnp.int32)
+    outbox = jax.eval_shape(lambda: local(state, *data, peers, t0, view)[1])
+    return build_clock(
+        sc.clock,
+        algorithm,
+        name,
+        sc.peers,
+        sc.seed,
+        _bits(plain(outbox)),
+        _bits(
+            jax.tree.map(
+                lambda p: jax.ShapeDtypeStruct((1,) + p.shape, p.dtype), params
+            )
+        ),
+        topology.info,
     )
 
 

@@ -229,18 +229,22 @@ def rows(
     wall: float,
     sent_bits: np.ndarray,
     server_bits: float,
-    active: int,
+    active: float,
+    virtual_time: float | None = None,
 ) -> tuple[dict, list[dict]]:
     """(metrics.csv row, peers.csv rows) of one evaluation.
 
     Args:
       values: the evaluation's columns, host arrays (n,) or ().
       sent_bits: (n,) bits each peer has sent so far; ``server_bits`` likewise.
-      active: peers active per round.
+      active: peers active per round (clocked: mean over the chunk's ticks of
+        the peers that finished a step).
+      virtual_time: the clock's time at ``round_`` (None: unclocked, the round).
     """
     values = {k: np.asarray(v, np.float64) for k, v in values.items()}
     peer_bytes = np.asarray(sent_bits, np.float64) / 8
-    row = {"round": round_, "virtual_time": float(round_), "wall_time": round(wall, 4)}
+    vt = float(round_) if virtual_time is None else round(float(virtual_time), 6)
+    row = {"round": round_, "virtual_time": vt, "wall_time": round(wall, 4)}
     per_peer = {k: v for k, v in values.items() if v.ndim == 1}
     for key, value in values.items():
         if key in SPREAD:

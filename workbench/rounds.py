@@ -105,6 +105,7 @@ class RoundSpec(NamedTuple):
     num_peers: int
     batch_size: int
     capture: Capture | None = None
+    clock: Any = None  # a workbench.clock.ClockSpec: rounds are ticks of virtual time
 
     @property
     def participants(self) -> int:
@@ -236,6 +237,8 @@ def _scatter(full, part, peers: jax.Array):
 class Traffic(NamedTuple):
     sent: jax.Array  # (n,) bits each peer sent this round
     server: jax.Array  # () bits the server sent this round
+    time: jax.Array | None = None  # () virtual time at the round's end (clocked)
+    active: jax.Array | None = None  # () peers that finished a step (clocked)
 
 
 def make_round(spec: RoundSpec, seed: int) -> Callable:
@@ -246,6 +249,10 @@ def make_round(spec: RoundSpec, seed: int) -> Callable:
     first message and, when ``spec.capture.second``, every peer's message at
     gossip step 1.
     """
+    if spec.clock is not None:
+        from workbench.clock.tick import make_tick
+
+        return make_tick(spec, seed)
     n, m = spec.num_peers, spec.participants
     ph = make_phases(spec, seed)
     want_second = spec.capture is not None and spec.capture.second

@@ -152,6 +152,14 @@ def _interrupted(run_dir: Path, round_: int, kept: Path | None, sc) -> str:
     )
 
 
+def _activity(sim: Simulation, traffic) -> tuple[float, float | None]:
+    """(active peers per round, virtual time at the chunk's end)."""
+    if traffic.time is None:
+        return sim.spec.participants, None
+    active = float(np.asarray(traffic.active, np.float64).mean())
+    return round(active, 4), float(np.asarray(traffic.time)[-1])
+
+
 def _round_of(ckpt: Path) -> int:
     return int(ckpt.stem.split("_")[-1])
 
@@ -235,7 +243,7 @@ def simulate(
                     wall,
                     totals.sent,
                     totals.server_sent,
-                    sim.spec.participants,
+                    *_activity(sim, traffic),
                 )
                 with deferred():
                     if privacy is not None:

@@ -15,8 +15,9 @@ Peers interact only through an exchange (workbench.comm.exchange) between
 in-neighbour messages; ``server``: the weighted mean of the participants).
 An outbox is any pytree; a compressed part is wrapped in ``Coded`` so its
 exact bit count is what the message costs. ``topo`` is the peer's
-:class:`PeerTopo` for the round when ``uses_topology`` (else None). ``rounds``
-is the round structure the engine follows: it never reads an algorithm's
+:class:`PeerTopo` for the round when ``uses_topology`` (else None).
+``server`` is a stateful server (see :class:`Server`). ``rounds`` is the
+round structure the engine follows: it never reads an algorithm's
 settings from the scenario itself. Every state has a ``params`` field: the
 model the peer would deploy, used for evaluation.
 """
@@ -42,6 +43,9 @@ class RoundStructure(NamedTuple):
     gossip_steps: int = 1  # exchange + combine repetitions per round
     static_graph: bool = False  # needs the same W every round (running sums of W x)
     undirected: bool = False  # needs every edge both ways (per-edge duals)
+    # each busy peer averages with one random neighbour, who takes part even
+    # when idle (AD-PSGD); the engine draws the pairs (workbench.clock.pairing)
+    pairwise: bool = False
 
 
 class PeerTopo(NamedTuple):
@@ -62,6 +66,20 @@ class Inbox(NamedTuple):
     mask: jax.Array  # (k,) bool: a real in-neighbour (column 0, self, is False)
 
 
+class Server(NamedTuple):
+    """A stateful server (asynchronous FL): uploads are applied one at a time,
+    in arrival order, then the peers that uploaded pull its reply.
+
+    ``init(params, n) -> server state``; ``receive(server, upload, peer) ->
+    server`` (one peer's outbox); ``send(server, pulled (n,) bool) -> (server,
+    reply)``: the reply (one model, no peer axis) is every puller's inbox.
+    """
+
+    init: Callable
+    receive: Callable
+    send: Callable
+
+
 class Algorithm(NamedTuple):
     init: Callable[[PyTree, jax.Array], PyTree]
     local: Callable[..., tuple[PyTree, PyTree]]  # (state, batches, topo, key)
@@ -75,6 +93,8 @@ class Algorithm(NamedTuple):
     # a defense's DP mechanism, {"mechanism": name, **parameters}, for the
     # accounting (workbench.privacy.guarantees); None: no formal guarantee
     privacy: dict | None = None
+    # a stateful server (exchange "server"): runs on the virtual clock
+    server: Server | None = None
 
 
 def local_steps(

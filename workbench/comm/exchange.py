@@ -135,7 +135,8 @@ def _cost_broadcast(outbox, ctx: Context):
 # ------------------------------------------------------------ gather, edge
 
 
-def _inbox(messages, table: Table) -> Inbox:
+def table_inbox(messages, table: Table) -> Inbox:
+    """The Inbox of messages (n, k, ...) laid out like ``table``."""
     n, k = table.idx.shape
     self_idx = jnp.arange(n, dtype=table.idx.dtype)[:, None]
     mask = (table.weight != 0) & (table.idx != self_idx)
@@ -144,7 +145,7 @@ def _inbox(messages, table: Table) -> Inbox:
 
 def _deliver_gather(outbox, ctx: Context):
     values = plain(outbox)
-    return _inbox(jax.tree.map(lambda x: x[ctx.table.idx], values), ctx.table)
+    return table_inbox(jax.tree.map(lambda x: x[ctx.table.idx], values), ctx.table)
 
 
 def edge_key(key: jax.Array, i, j) -> jax.Array:
@@ -198,11 +199,11 @@ def _edge_messages(outbox, ctx: Context):
 
 def _deliver_edge(messages, ctx: Context):
     """Inbox of the per-edge messages (n, k, ...) that ``prepare`` made."""
-    return _inbox(plain(messages), ctx.table)
+    return table_inbox(plain(messages), ctx.table)
 
 
 def _cost_edge(messages, ctx: Context):
-    inbox = _inbox(None, ctx.table)
+    inbox = table_inbox(None, ctx.table)
     bits = message_bits(messages, batch_dims=2) * inbox.mask
     sent = jax.ops.segment_sum(bits.reshape(-1), ctx.table.idx.reshape(-1), ctx.n)
     return sent, jnp.zeros((), jnp.float32)

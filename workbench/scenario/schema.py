@@ -18,6 +18,7 @@ from pydantic import Field, field_serializer, field_validator
 from pydantic_core import PydanticCustomError
 
 from workbench.data.config import DataConfig
+from workbench.scenario.clock import ClockConfig
 from workbench.scenario.frozen import FrozenDict, FrozenModel
 from workbench.scenario.optimizer import OptimizerKeysInPlace
 from workbench.scenario.privacy import PrivacyConfig
@@ -129,3 +130,4 @@ class Scenario(FrozenModel):
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
     privacy: PrivacyConfig | None = None  # message capture and attacks
+    clock: ClockConfig | None = None  # virtual time (None: synchronous rounds)
