@@ -17,6 +17,7 @@ from tests.quadratic import ring_weights
 from tests.test_equivalence import MLP, mlp_problem
 from workbench.algorithms import ALGORITHMS
 from workbench.algorithms.base import Inbox
+from workbench.clock import build_clock, init_clocked, needs_clock
 from workbench.comm import from_matrix
 from workbench.comm.exchange import EXCHANGES, Context
 from workbench.comm.kernels import as_table
@@ -32,6 +33,8 @@ REQUIRED = {  # keys without a default, and defenses without noise (plain SGD)
     "choco": {"gamma": 0.2},
     "muffliato": {"gossip_steps": 2},
     "dpsgd": {"noise_multiplier": 0.0, "clip": 1e6},
+    "fedasync": {"alpha": 1.0},  # mixing weight 1: the server takes the model
+    "fedbuff": {"buffer": 1},  # a server step per upload
 }
 
 
@@ -43,10 +46,21 @@ def build(name: str):
     )
 
 
-def init_state(spec, params, n, topo_data):
+def with_clock(spec, name: str):
+    """The spec on the default clock when the algorithm needs one (async ones)."""
+    if not needs_clock(spec.algorithm):
+        return spec
+    clock = build_clock(None, spec.algorithm, name, spec.num_peers, 5, 0.0, 0.0, {})
+    return spec._replace(clock=clock)
+
+
+def init_state(spec, params, n, topo_data, data=None):
     stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
     keys = jax.random.split(jax.random.key(1), n)
-    return init_state_of(spec, 5, stacked, keys, topo_data)
+    state = init_state_of(spec, 5, stacked, keys, topo_data)
+    if spec.clock is None:
+        return state
+    return init_clocked(spec, 5, state, data, topo_data)
 
 
 def loop_lift(fn):
@@ -61,9 +75,9 @@ def loop_lift(fn):
 
 def run(alg, n, W, lift=jax.vmap, rounds=3, chunk=None):
     _, params, data = mlp_problem(n)
-    spec = RoundSpec(alg, lambda d, t, k: d, lift, n, 4)
+    spec = with_clock(RoundSpec(alg, lambda d, t, k: d, lift, n, 4), "algorithm")
     chunk = chunk or make_chunk(spec, seed=5)
-    state = init_state(spec, params, n, from_matrix("dense", W))
+    state = init_state(spec, params, n, from_matrix("dense", W), data)
     out = chunk(
         state,
         data,
@@ -78,7 +92,6 @@ def run(alg, n, W, lift=jax.vmap, rounds=3, chunk=None):
 @pytest.fixture(params=sorted(ALGORITHMS))
 def name(request):
     return request.param
-
 
 
 def test_new_graph_does_not_recompile(name):
@@ -117,9 +130,10 @@ def test_chunk_keeps_state_shapes_and_equals_a_per_peer_loop(name):
     alg, n = build(name), 4
     ref, ref_traffic, *_ = run(alg, n, ring_weights(n), lift=loop_lift)
     got, traffic, _, params, _ = run(alg, n, ring_weights(n))
-    spec = RoundSpec(alg, lambda d, t, k: d, jax.vmap, n, 4)
+    spec = with_clock(RoundSpec(alg, lambda d, t, k: d, jax.vmap, n, 4), name)
     W = from_matrix("dense", ring_weights(n))
-    before = jax.eval_shape(lambda: init_state(spec, params, n, W))
+    _, _, data = mlp_problem(n)
+    before = jax.eval_shape(lambda: init_state(spec, params, n, W, data))
     assert jax.tree.structure(got) == jax.tree.structure(before)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(before), strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
