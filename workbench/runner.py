@@ -156,8 +156,8 @@ def _activity(sim: Simulation, traffic) -> tuple[float, float | None]:
     """(active peers per round, virtual time at the chunk's end)."""
     if traffic.time is None:
         return sim.spec.participants, None
-    active = float(np.asarray(traffic.active, np.float64).mean())
-    return round(active, 4), float(np.asarray(traffic.time)[-1])
+    active = round(float(np.asarray(traffic.active, np.float64).mean()), 4)
+    return (int(active) if active.is_integer() else active), float(traffic.time[-1])
 
 
 def _round_of(ckpt: Path) -> int:

@@ -62,14 +62,22 @@ def _client_init(params, key):
     return ClientState(params, jnp.zeros((), jnp.int32), jnp.zeros(()))
 
 
-def _pull(state: ClientState, reply: Versioned, topo) -> ClientState:
+def _pull(state: ClientState, reply, topo) -> ClientState:
+    """Takes the server's reply: its model, and its version when it sends one."""
     del topo
-    return state._replace(params=reply.params, version=reply.version)
+    if isinstance(reply, Versioned):
+        return state._replace(params=reply.params, version=reply.version)
+    return state._replace(params=reply)
+
+
+def _reply_versioned(server, pulled):
+    del pulled
+    return server, Versioned(server.params, server.version)
 
 
 def _reply(server, pulled):
     del pulled
-    return server, Versioned(server.params, server.version)
+    return server, server.params
 
 
 def _trained(loss_fn, opt, state: ClientState, batches):
@@ -118,7 +126,7 @@ def fedasync(
         return Versioned(params, server.version + 1)
 
     rounds = RoundStructure(local_steps=steps)
-    server = Server(init, receive, _reply)
+    server = Server(init, receive, _reply_versioned)
     return Algorithm(_client_init, local, _pull, "server", rounds, server=server)
 
 
@@ -230,7 +238,7 @@ def asgd(
                 server.params,
             )
         server = server._replace(backup=backup)
-        return server, Versioned(server.params, server.version)
+        return server, server.params
 
     rounds = RoundStructure(local_steps=steps)
     server = Server(init, receive, send)

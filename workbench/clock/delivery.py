@@ -16,23 +16,22 @@ from workbench.clock.state import Ring
 from workbench.comm.arrays import Table
 from workbench.keys import LOSS, round_key
 
+MAX_PEERS = 1 << 16  # loss draws are keyed by sender * MAX_PEERS + receiver
 
-def lost(seed: int, p: float, ticks: jax.Array, senders, receivers) -> jax.Array:
+
+def lost(seed: int, p: float, ticks, senders, receivers) -> jax.Array:
     """Whether the message sent at ``ticks`` from ``senders`` to ``receivers`` is
-    lost (same shapes; the same draw whenever it is read again)."""
+    lost (broadcast together; the same draw whenever it is read again)."""
+    shape = jnp.broadcast_shapes(*(jnp.shape(a) for a in (ticks, senders, receivers)))
     if p == 0:
-        return jnp.zeros(jnp.shape(senders), bool)
-    n_max = 1 << 16
+        return jnp.zeros(shape, bool)
 
     def one(t, j, i):
-        key = jax.random.fold_in(round_key(seed, t, LOSS), j * n_max + i)
+        key = jax.random.fold_in(round_key(seed, t, LOSS), j * MAX_PEERS + i)
         return jax.random.uniform(key) < p
 
-    flat = [
-        jnp.ravel(jnp.broadcast_to(a, jnp.shape(senders)))
-        for a in (ticks, senders, receivers)
-    ]
-    return jax.vmap(one)(*flat).reshape(jnp.shape(senders))
+    flat = [jnp.ravel(jnp.broadcast_to(a, shape)) for a in (ticks, senders, receivers)]
+    return jax.vmap(one)(*flat).reshape(shape)
 
 
 def real_edges(table: Table) -> jax.Array:

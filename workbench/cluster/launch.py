@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from workbench.cluster.run import refuse_clock
 from workbench.cluster.security import create_keys
 from workbench.errors import WorkbenchError
 from workbench.rundir import check_out_dir, disk_errors, new_run_dir
@@ -79,6 +80,7 @@ def launch_local(scenario: str, overrides: list[str], nodes: int, *,
                  secure: bool = True) -> Path:  # fmt: skip
     """Runs the scenario on ``nodes`` loopback node processes; the run directory."""
     sc = load_scenario(scenario, overrides)  # a bad scenario fails here, once
+    refuse_clock(sc)
     if nodes < 1:
         raise WorkbenchError(f"--nodes {nodes}: give at least 1")
     if nodes > sc.peers:

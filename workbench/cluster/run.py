@@ -96,7 +96,9 @@ def run_node(
         )
     keypair = _keypair(hosts, hosts_dir, rank, key)
     scenario = load_scenario(scenario_path, overrides)
+    refuse_clock(scenario)
     sim = build(scenario, resolve_data_dir(data_dir))
+    refuse_clock(scenario, sim.spec.clock is not None)
     t0 = time.perf_counter()
     node = Node(sim, hosts, rank, keypair)
     try:
@@ -110,6 +112,20 @@ def run_node(
         return None
     finally:
         node.transport.close()
+
+
+def refuse_clock(scenario, clocked: bool = False) -> None:
+    """One line: a virtual clock simulates time; cluster nodes live in real time."""
+    if scenario.clock is not None:
+        raise WorkbenchError(
+            "clock: simulates time, but cluster nodes run in real time (their "
+            "timeouts and faults are real); drop the clock: section"
+        )
+    if clocked:
+        raise WorkbenchError(
+            f"algorithm '{scenario.algorithm['name']}' is asynchronous and runs on "
+            "the simulator's virtual clock only (workbench simulate)"
+        )
 
 
 def _run_dir(scenario, out: str | None) -> Path:
