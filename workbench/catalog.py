@@ -57,6 +57,9 @@ _KINDS: dict[str, _Kind] = {
     "schedules": _Kind(
         "workbench.optim", "SCHEDULES", "algorithm.schedule: {name, kwargs}"
     ),
+    "speeds": _Kind(
+        "workbench.clock.speeds", "SPEEDS", "clock.compute: {name, kwargs}"
+    ),
     "attacks": _Kind(
         "workbench.privacy.run", "ATTACKS", "privacy.attacks: [name or {name, kwargs}]"
     ),

@@ -93,6 +93,21 @@ def make_tick(spec, seed: int):
     factor = jnp.asarray(clock.factor, jnp.float32)
     pairwise = alg.rounds.pairwise
     use_view = alg.uses_topology
+    faults = cfg.faults
+    # static facts that let a tick skip work (the common clocked cases)
+    swaps = faults.swap_timeout is not None
+    delays = link.delays
+    # every peer takes part in every tick: a barrier without timeout or faults
+    everyone = (
+        cfg.mode == "sync"
+        and cfg.timeout is None
+        and not faults.any
+        and m == n
+        and not pairwise
+    )
+
+    def keep(mask, new, old):
+        return new if everyone else _where(mask, new, old)
 
     def delay(bits):
         if link.bandwidth is None:
@@ -111,13 +126,13 @@ def make_tick(spec, seed: int):
         now = ck.now[0]
         arrays = spec.topology_at(topo_data, t, round_key(seed, t, TOPOLOGY))
         base = as_table(arrays, n)
-        table = keep_edges(base, ~ck.removed)  # the swap timeout's dropped edges
+        table = keep_edges(base, ~ck.removed) if swaps else base
         view = _view(table) if use_view else None
 
         # 1. liveness
         alive = ck.up & scheduled_up(clock, now, n)
         rejoined = alive & ~ck.alive
-        if cfg.faults.rejoin == "neighbour":
+        if faults.any and faults.rejoin == "neighbour":
             st = st._replace(params=pull_neighbour(st.params, table, alive, rejoined))
 
         # 2. the cohort's idle live peers start a step
@@ -135,12 +150,15 @@ def make_tick(spec, seed: int):
             table, table, jnp.arange(n, dtype=jnp.int32), weights, n, key, alg.message
         )
         messages = kind.prepare(outbox, ctx)
-        if alg.exchange == "edge":
-            lag = delay(message_bits(messages, batch_dims=2))  # (n, k) per edge
+        if not delays:
+            lag, longest = jnp.zeros(table.idx.shape), jnp.zeros((n,))
         else:
-            lag = delay(message_bits(outbox))[table.idx]  # (n, k) sender's size
-        lag = jnp.where(real_edges(table), lag, 0.0)
-        longest = jax.ops.segment_max(lag.reshape(-1), table.idx.reshape(-1), n)
+            if alg.exchange == "edge":
+                lag = delay(message_bits(messages, batch_dims=2))  # (n, k) per edge
+            else:
+                lag = delay(message_bits(outbox))[table.idx]  # (n, k) sender's size
+            lag = jnp.where(real_edges(table), lag, 0.0)
+            longest = jax.ops.segment_max(lag.reshape(-1), table.idx.reshape(-1), n)
 
         # 4. the tick's end, and who finished a step by then
         if cfg.mode == "async":
@@ -152,7 +170,7 @@ def make_tick(spec, seed: int):
                 end = jnp.minimum(end, now + cfg.timeout)
             end = jnp.where(jnp.any(busy), end, now + cfg.tick)
         active = busy & (ready <= end)
-        st1 = _where(active, new, st)
+        st1 = keep(active, new, st)
 
         # 5. who sends to whom, and what arrives
         sends = receives = active
@@ -192,14 +210,13 @@ def make_tick(spec, seed: int):
             sent = jax.ops.segment_sum(per_edge.reshape(-1), table.idx.reshape(-1), n)
             srv_bits = jnp.zeros((), jnp.float32)
         else:  # sync (or async edge messages): this tick's messages only
-            cut = keep_edges(table, delivered)
+            cut = table if everyone and link.loss == 0 else keep_edges(table, delivered)
             cut_view = _view(cut) if use_view else None
             w = weights * (active & (ready + longest <= end))
             ok = jnp.sum(w) > 0
             ctx = ctx._replace(arrays=cut, table=cut, weights=jnp.where(ok, w, 1.0))
-            sent_ctx = ctx._replace(
-                arrays=keep_edges(table, sent_to), table=keep_edges(table, sent_to)
-            )
+            sent_table = table if everyone else keep_edges(table, sent_to)
+            sent_ctx = ctx._replace(arrays=sent_table, table=sent_table)
             sent, srv_bits = kind.cost(messages, sent_ctx)
             if alg.exchange == "server":
                 receives = receives & ok
@@ -207,15 +224,17 @@ def make_tick(spec, seed: int):
                 srv_bits = srv_bits / n * jnp.sum(receives)
             st2 = lift_combine(st1, kind.deliver(messages, ctx), cut_view)
             for _ in range(gossip):  # more gossip steps over the same graph
-                st2 = _where(receives, st2, st1)
+                st2 = keep(receives, st2, st1)
                 again = spec.lift(lambda s, v: alg.resend(s, v))(st2, cut_view)
                 more = kind.prepare(again, ctx)
                 sent = sent + kind.cost(more, sent_ctx)[0]
                 st2 = lift_combine(st2, kind.deliver(more, ctx), cut_view)
-        state = _where(receives, st2, st1)
+        state = keep(receives, st2, st1)
 
         # 6. the clock moves on
-        heard, removed = swap_timeout(ck, base, delivered, end, cfg.faults.swap_timeout)
+        heard, removed = ck.heard, ck.removed
+        if swaps:
+            heard, removed = swap_timeout(ck, base, delivered, end, faults.swap_timeout)
         clock_state = ClockState(
             now=jnp.full((n,), end, jnp.float32),
             ready=ready,
