@@ -290,3 +290,19 @@ def test_trace_file_drives_the_step_times(tmp_path):
         sim.state, sim.data, sim.topology.data, sim.weights, jnp.int32(0), length=4
     )
     assert jax.device_get(traffic.time).tolist() == [1.0, 4.0, 5.0, 8.0]
+
+
+def test_readme_clock_example_is_a_valid_clock_section():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from workbench.scenario.clock import ClockConfig
+    from workbench.scenario.yaml_io import _Loader
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n(clock:\n.*?)```", readme, flags=re.DOTALL).group(1)
+    cfg = ClockConfig.model_validate(yaml.load(block, Loader=_Loader)["clock"])
+    assert cfg.link.bandwidth == 1.0e6  # YAML 1.2 floats: 1.0e6 is not a string
+    assert cfg.faults.schedule[0].until == 30.0

@@ -37,7 +37,6 @@ Positive = Annotated[float, Field(gt=0)]
 
 class Speed(NamedTuple):
     draw: Callable  # (key, step (n,) int32) -> (n,) float32 step durations
-    longest: float  # an upper bound of one step's duration (inf: unbounded)
 
 
 @SPEEDS.register("constant")
@@ -46,7 +45,7 @@ def constant(n: int, time: Positive = 1.0) -> Speed:
         del key, step
         return jnp.full((n,), time, jnp.float32)
 
-    return Speed(draw, time)
+    return Speed(draw)
 
 
 @SPEEDS.register("lognormal")
@@ -66,7 +65,7 @@ def lognormal(
         z = fixed if per == "peer" else jax.random.normal(key, (n,))
         return (time * jnp.exp(sigma * z - sigma**2 / 2)).astype(jnp.float32)
 
-    return Speed(draw, float("inf"))
+    return Speed(draw)
 
 
 @SPEEDS.register("sleep")
@@ -77,7 +76,7 @@ def sleep(
         del step
         return time * (1 + jax.random.uniform(key, (n,)) * factor)
 
-    return Speed(draw, time * (1 + factor))
+    return Speed(draw)
 
 
 def read_trace(path: str, n: int) -> np.ndarray:
@@ -107,4 +106,4 @@ def trace(n: int, file: str) -> Speed:
         del key
         return table[step % table.shape[0], jnp.arange(n)]
 
-    return Speed(draw, float(table.max()))
+    return Speed(draw)

@@ -1,6 +1,6 @@
 """Scenario files: reading with ``base:`` and ``--set``, writing back.
 
-Files are read with a SafeLoader that reads ``1e-3`` as a float and rejects
+Files are read with a SafeLoader that reads ``1e-3`` and ``1.0e6`` as floats and rejects
 duplicate keys. ``base:`` names another file, relative to this one, merged
 under it (its ``name`` is never inherited); ``--set dotted.key=value`` values
 are YAML too. YAML errors name ``file:line:column``.
@@ -26,7 +26,8 @@ __all__ = ["dump_scenario", "load_scenario", "scenario_to_dict"]
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-3`` as a float and rejects duplicate keys."""
+    """SafeLoader that reads ``1e-3`` and ``1.0e6`` as floats (YAML 1.2) and
+    rejects duplicate keys."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False):
         seen = set()
@@ -44,8 +45,8 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
 )
 
 
