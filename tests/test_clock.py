@@ -16,6 +16,7 @@ import pytest
 from tests.quadratic import ring_weights
 from workbench.algorithms.base import Algorithm
 from workbench.clock import build_clock, init_clocked
+from workbench.clock.delivery import lost
 from workbench.clock.pairing import pair_up
 from workbench.clock.speeds import SPEEDS, read_trace
 from workbench.comm import from_matrix
@@ -81,30 +82,42 @@ def simulate(alg, clock: dict, ticks: int, x0=None, W=None):
     return states, traffic
 
 
-def test_ring_delivers_the_senders_state_at_send_time():
-    # peer 0 is 2x slower; latency 2.5 ticks. A peer with factor f finishes at
-    # ticks s = f-1, 2f-1, ... sending count (s+1)/f at time s+1, which arrives
-    # at s+3.5: at tick t (ending t+1) a receiver holds the newest s <= t-2.5.
+@pytest.mark.parametrize("loss", [0.0, 0.4])
+def test_ring_delivers_the_senders_state_at_send_time(loss):
+    # Steps take 0.5 s, peer 0's 1.5 s; ticks of 1 s; latency 2.5 s. A step
+    # starts at a tick's start, so a fast peer finishes at s + 0.5 in every
+    # tick s, peer 0 at s + 0.5 in ticks s = 1, 3, 5, ..., each sending its
+    # count; that message arrives at s + 3, so at tick t (ending at t + 1) a
+    # receiver holds the newest one with s <= t - 2.
     clock = {
         "mode": "async",
-        "link": {"latency": 2.5},
-        "stragglers": {"peers": [0], "factor": 2},
+        "compute": {"name": "constant", "time": 0.5},
+        "link": {"latency": 2.5, "loss": loss},
+        "stragglers": {"peers": [0], "factor": 3},
     }
+    # with loss: the newest message that arrived, was not lost (its own draw,
+    # fold_in(seed, tick sent, LOSS, edge)) and is still among the last 4 sent
     states, _ = simulate(counter(3), clock, 12, np.zeros(N))
     idx = np.asarray(as_table(from_matrix("table", ring_weights(N)), N).idx)
-    factor = lambda j: 2 if j == 0 else 1  # noqa: E731
+    period = lambda j: 2 if j == 0 else 1  # noqa: E731
     for t, st in enumerate(states):
         for i in range(N):
-            if (t + 1) % factor(i):  # idle this tick: it kept its state
+            if (t + 1) % period(i):  # idle this tick: it kept its state
                 before = states[t - 1].alg.seen[i] if t else np.zeros(3)
                 assert np.array_equal(st.alg.seen[i], before)
                 continue
             for c in (1, 2):
-                f = factor(idx[i, c])
-                sends = [s for s in range(t + 1) if (s + 1) % f == 0 and s <= t - 2.5]
+                p = period(idx[i, c])
+                j = int(idx[i, c])
+                kept = [s for s in range(t + 1) if (s + 1) % p == 0][-4:]
+                sends = [
+                    s
+                    for s in kept
+                    if s <= t - 2 and not bool(lost(SEED, loss, s, j, i))
+                ]
                 assert bool(st.alg.got[i, c]) == bool(sends), (t, i, c)
                 if sends:
-                    assert st.alg.seen[i, c] == (sends[-1] + 1) / f, (t, i, c)
+                    assert st.alg.seen[i, c] == (sends[-1] + 1) / p, (t, i, c)
     assert states[-1].ring.outbox.shape == (N, 4)  # B = ceil(2.5 / 1) + 1
 
 

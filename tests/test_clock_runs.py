@@ -156,12 +156,14 @@ def test_dcasgd_compensates_the_delay_per_worker():
     s = alg.server.receive(s, g0, 0)  # no delay for worker 0: plain SGD
     w1 = w0 - lr * g0
     np.testing.assert_allclose(s.params, w1)
+    s, _ = alg.server.send(s, jnp.array([True, False, False]))  # 0 pulls w1
     s = alg.server.receive(s, g1, 1)  # worker 1 computed g1 at w0; w moved to w1
     w2 = w1 - lr * (g1 + lam * g1 * g1 * (w1 - w0))
     np.testing.assert_allclose(s.params, w2, rtol=1e-6)
     s, reply = alg.server.send(s, jnp.array([False, True, False]))
     np.testing.assert_allclose(s.backup[1], w2)  # worker 1's w_bak is what it pulled
-    np.testing.assert_allclose(s.backup[0], w0)
+    np.testing.assert_allclose(s.backup[0], w1)
+    np.testing.assert_allclose(s.backup[2], w0)
     np.testing.assert_allclose(reply, w2, rtol=1e-6)
     assert int(s.version) == 2
 
@@ -306,3 +308,16 @@ def test_readme_clock_example_is_a_valid_clock_section():
     cfg = ClockConfig.model_validate(yaml.load(block, Loader=_Loader)["clock"])
     assert cfg.link.bandwidth == 1.0e6  # YAML 1.2 floats: 1.0e6 is not a string
     assert cfg.faults.schedule[0].until == 30.0
+
+
+def test_async_client_cycle_is_its_step_plus_upload_and_download(tmp_path):
+    # a step of 1 s plus 2 x 0.25 s latency: every client uploads every 1.5 s,
+    # i.e. in ticks 2, 5, 8, 11 of 0.5 s
+    clock = {"mode": "async", "tick": 0.5, "link": {"latency": 0.25}}
+    out, _ = run(
+        tmp_path, clock=clock, rounds=12, eval_every=12,
+        algorithm={"name": "fedbuff", "buffer": 8, "lr": 0.1},
+    )  # fmt: skip
+    (row,) = table(out)
+    assert float(row["active_peers"]) == pytest.approx(32 / 12, abs=1e-4)
+    assert float(row["virtual_time"]) == 6.0
