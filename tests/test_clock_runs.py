@@ -195,7 +195,7 @@ def test_adpsgd_does_not_wait_for_the_straggler(tmp_path):
         tmp_path, "sync", clock=slow, rounds=4, eval_every=4,
         algorithm={"name": "dsgd", **sgd},
     )  # fmt: skip
-    asy, _ = run(
+    asy, summary = run(
         tmp_path, "async", clock={**slow, "mode": "async"}, rounds=12, eval_every=12,
         algorithm={"name": "adpsgd", **sgd},
     )  # fmt: skip
@@ -205,6 +205,10 @@ def test_adpsgd_does_not_wait_for_the_straggler(tmp_path):
     # the straggler's first step ends at 10 s (tick 9); the others every tick
     assert float(a["active_peers"]) == pytest.approx(7 + 1 / 12, abs=1e-4)
     assert float(a["test_acc_mean"]) > float(s["test_acc_mean"])
+    clock = summary["clock"]
+    assert (clock["steps_per_peer_min"], clock["steps_per_peer_max"]) == (1, 12)
+    assert clock["steps_per_peer_mean"] == (7 * 12 + 1) / 8
+    assert clock["virtual_time"] == 12.0 and clock["ring_depth"] == 1
 
 
 @pytest.mark.parametrize(

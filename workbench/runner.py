@@ -195,6 +195,7 @@ def simulate(
     scenario = scenario_to_dict(sc)
     tb = Scalars(run_dir, sc.output.tensorboard)
     row = {}
+    steps = 0.0  # local steps the peers finished in this process
     try:
         with (
             RunProgress(sc.rounds, start, progress, console) as bar,
@@ -259,7 +260,8 @@ def simulate(
                             scenario,
                             keep=sc.output.keep_checkpoints,
                         )
-                speed = _peer_steps(sim, totals.round - start, plan.timer.train)
+                steps += _steps(sim, traffic, length)
+                speed = steps / max(plan.timer.train, 1e-9)
                 bar.advance(totals.round, row["test_acc_mean"], speed)
     except KeyboardInterrupt:
         raise RunInterrupted(_interrupted(run_dir, totals.round, kept, sc)) from None
@@ -269,7 +271,9 @@ def simulate(
     sim.state = state
     row = row or _last_row(metrics)
     wall = totals.wall + time.perf_counter() - t0
-    summary = _summary(sim, row, plan.timer, start, wall)
+    summary = _summary(sim, row, plan.timer, start, wall, steps)
+    if sim.spec.clock is not None:
+        summary["clock"] = _clock_summary(sim, state, row)
     summary["execution"] = tuning.to_dict()
     if sim.devices > 1:  # the peers were split over this many devices
         summary["execution"]["devices"] = sim.devices
@@ -433,12 +437,33 @@ def _last_row(metrics: CsvLog) -> dict:
     return {k: float(v) for k, v in rows[-1].items() if v != ""} if rows else {}
 
 
-def _peer_steps(sim: Simulation, rounds: int, seconds: float) -> float:
-    """Local steps actually computed (sampled peers only) per second."""
-    return sim.spec.participants * sim.spec.local_steps * rounds / max(seconds, 1e-9)
+def _steps(sim: Simulation, traffic, rounds: int) -> float:
+    """Local steps finished in a chunk: the participants' every round, or on
+    the clock the peers that finished a step in each tick."""
+    if traffic.active is not None:
+        return (
+            float(np.asarray(traffic.active, np.float64).sum()) * sim.spec.local_steps
+        )
+    return float(sim.spec.participants * sim.spec.local_steps * rounds)
 
 
-def _summary(sim: Simulation, row: dict, timer: Timer, start: int, wall: float):
+def _clock_summary(sim: Simulation, state, row: dict) -> dict:
+    """What the virtual clock did: mode, time, steps finished per peer."""
+    cfg = sim.spec.clock.config
+    steps = np.asarray(jax.device_get(state.clock.steps))
+    return {
+        "mode": cfg.mode,
+        "virtual_time": row.get("virtual_time"),
+        "steps_per_peer_min": int(steps.min()),
+        "steps_per_peer_mean": float(steps.mean()),
+        "steps_per_peer_max": int(steps.max()),
+        "ring_depth": sim.spec.clock.buffer,
+    }
+
+
+def _summary(
+    sim: Simulation, row: dict, timer: Timer, start: int, wall: float, steps: float
+):
     rounds = sim.scenario.rounds - start
     return {
         "rounds": sim.scenario.rounds,
@@ -457,7 +482,7 @@ def _summary(sim: Simulation, row: dict, timer: Timer, start: int, wall: float):
         "compilations": timer.compilations,
         "train_seconds": timer.train,
         "eval_seconds": timer.eval,
-        "peer_steps_per_second": _peer_steps(sim, rounds, timer.train),
+        "peer_steps_per_second": steps / max(timer.train, 1e-9),
         "rounds_per_second": rounds / max(timer.train, 1e-9),
         "topology": {"kernel": sim.topology.kernel, **sim.topology.info},
         "rho": sim.topology.info.get("rho"),

@@ -378,7 +378,9 @@ class Coordinator:
         total_bytes, exchange_bytes = wire[:, 0].sum(), wire[:, 1].sum()
         exchange_s = float(wire[:, 2].mean())
         timer = Timer(self.compile_s, stats.round_seconds, evals, 1)
-        summary = _summary(sim, row, timer, 0, wall)
+        spec = sim.spec  # every participant steps every round
+        steps = spec.participants * spec.local_steps * sim.scenario.rounds
+        summary = _summary(sim, row, timer, 0, wall, steps)
         summary["cluster"] = {
             "nodes": node.ranks,
             "peers_per_node": [len(b) for b in node.blocks],
