@@ -16,7 +16,7 @@ import pytest
 from tests.quadratic import ring_weights
 from workbench.algorithms.base import Algorithm
 from workbench.clock import build_clock, init_clocked
-from workbench.clock.delivery import lost
+from workbench.clock.delivery import link_factors, lost
 from workbench.clock.pairing import pair_up
 from workbench.clock.speeds import SPEEDS, read_trace
 from workbench.comm import from_matrix
@@ -242,3 +242,26 @@ def test_speed_models_draw_what_they_say(tmp_path):
     path.write_text("1.0,-2.0\n")
     with pytest.raises(DataError, match="finite durations > 0"):
         read_trace(str(path), 2)
+
+
+def test_each_link_has_its_own_speed_the_same_both_ways():
+    W = np.full((64, 64), 1 / 64)
+    table = as_table(from_matrix("table", W), 64)
+    f = np.asarray(link_factors(SEED, table, 0.5))
+    idx = np.asarray(table.idx)
+    both = {}
+    for i in range(64):
+        for c in range(1, 64):
+            both.setdefault(frozenset((i, int(idx[i, c]))), set()).add(float(f[i, c]))
+    assert all(len(v) == 1 for v in both.values())  # 2016 links, one factor each
+    values = np.array([v.pop() for v in both.values()])
+    assert abs(values.mean() - 1.0) < 0.03 and values.std() > 0.4
+    assert values.max() <= np.exp(3 * 0.5 - 0.125) + 1e-5
+    # a barrier round lasts its step (1 s) plus the slowest link's delivery
+    clock = {"link": {"latency": 1.0, "spread": 0.5}}
+    _, traffic = simulate(counter(3), clock, 2)
+    ring = as_table(from_matrix("table", ring_weights(N)), N)
+    slowest = float(np.asarray(link_factors(SEED, ring, 0.5))[:, 1:].max())
+    assert [float(tr.time[0]) for tr in traffic] == pytest.approx(
+        [1 + slowest, 2 * (1 + slowest)], rel=1e-6
+    )

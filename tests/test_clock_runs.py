@@ -39,7 +39,7 @@ EVENTFUL = {
     "tick": 0.5,
     "compute": {"name": "lognormal", "sigma": 0.5},
     "stragglers": {"fraction": 0.125, "factor": 4},
-    "link": {"latency": 0.7, "loss": 0.1},
+    "link": {"latency": 0.7, "loss": 0.1, "spread": 0.3},
     "faults": {"crash_rate": 0.05, "rejoin_rate": 0.5},
 }
 

@@ -17,8 +17,9 @@ KEY_IMPL = "philox2x32"
 
 # purposes for fold_in: stable integers, never reorder
 LOCAL, TOPOLOGY, PARTICIPATION, EXCHANGE = 0, 1, 2, 3
-# the virtual clock's draws: step durations, message loss, crashes, AD-PSGD pairs
-CLOCK, LOSS, FAULT, PAIRING = 4, 5, 6, 7
+# the virtual clock's draws: step durations, message loss, crashes, AD-PSGD
+# pairs, each link's speed
+CLOCK, LOSS, FAULT, PAIRING, LINK = 4, 5, 6, 7, 8
 
 
 def root_key(seed: int) -> jax.Array:

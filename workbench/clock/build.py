@@ -98,7 +98,8 @@ def build_clock(
     speed = SPEEDS.build(dict(cfg.compute), "clock.compute", n=n, seed=seed)
     link = cfg.link
     per_byte = 0.0 if link.bandwidth is None else 1.0 / link.bandwidth
-    longest = link.latency + message_bits / BITS_PER_BYTE * per_byte
+    slowest = math.exp(3 * link.spread - link.spread**2 / 2)  # the clipped factor
+    longest = slowest * (link.latency + message_bits / BITS_PER_BYTE * per_byte)
     upload = 2 * link.latency + (message_bits + reply_bits) / BITS_PER_BYTE * per_byte
     gossip_ring = (
         cfg.mode == "async"

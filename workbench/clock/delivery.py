@@ -14,7 +14,8 @@ import jax.numpy as jnp
 
 from workbench.clock.state import Ring
 from workbench.comm.arrays import Table
-from workbench.keys import LOSS, round_key
+from workbench.comm.exchange import edge_key
+from workbench.keys import LINK, LOSS, round_key
 
 MAX_PEERS = 1 << 16  # loss draws are keyed by sender * MAX_PEERS + receiver
 
@@ -49,7 +50,20 @@ def keep_edges(table: Table, keep: jax.Array) -> Table:
     return Table(table.idx, weight.at[:, 0].add(dropped))
 
 
-def push(ring: Ring, outbox, sends, sent_at, arrive, t) -> Ring:
+def link_factors(seed: int, table: Table, sigma: float) -> jax.Array:
+    """(n, k) each in-edge's delivery-time factor: lognormal, mean 1, clipped
+    to 3 sigma, the same both ways of a link and for the whole run."""
+    if sigma == 0:
+        return jnp.ones(table.idx.shape, jnp.float32)
+    key = round_key(seed, 0, LINK)
+    n, k = table.idx.shape
+    receivers = jnp.broadcast_to(jnp.arange(n)[:, None], (n, k)).reshape(-1)
+    keys = jax.vmap(edge_key, (None, 0, 0))(key, receivers, table.idx.reshape(-1))
+    z = jnp.clip(jax.vmap(jax.random.normal)(keys), -3.0, 3.0).reshape(n, k)
+    return jnp.exp(sigma * z - sigma**2 / 2).astype(jnp.float32)
+
+
+def push(ring: Ring, outbox, sends, sent_at, bits, t) -> Ring:
     """Writes the senders' messages into their next slot."""
     n, depth = ring.sent_at.shape
     slot = ring.count % depth
@@ -62,22 +76,24 @@ def push(ring: Ring, outbox, sends, sent_at, arrive, t) -> Ring:
     return Ring(
         jax.tree.map(write, ring.outbox, outbox),
         write(ring.sent_at, sent_at),
-        write(ring.arrive, arrive),
+        write(ring.bits, bits),
         write(ring.tick, jnp.broadcast_to(t, (n,)).astype(jnp.int32)),
         ring.count + sends.astype(jnp.int32),
     )
 
 
-def latest(ring: Ring, table: Table, end, seed: int, p: float):
+def latest(ring: Ring, table: Table, end, seed: int, p: float, delay):
     """For each in-edge (i, c): the newest message of sender idx[i, c] that has
-    reached i by ``end`` and was not lost. Returns (slot (n, k), found (n, k))."""
+    reached i by ``end`` and was not lost. ``delay(bits (n, k, B)) -> seconds``
+    on each edge. Returns (slot (n, k), found (n, k))."""
     n, k = table.idx.shape
     senders = table.idx
     sent_at = ring.sent_at[senders]  # (n, k, B)
     receivers = jnp.broadcast_to(jnp.arange(n)[:, None, None], sent_at.shape)
     ticks = ring.tick[senders]
     gone = lost(seed, p, ticks, senders[..., None], receivers)
-    ok = (ticks >= 0) & (ring.arrive[senders] <= end) & ~gone
+    arrive = sent_at + delay(ring.bits[senders])
+    ok = (ticks >= 0) & (arrive <= end) & ~gone
     score = jnp.where(ok, sent_at, -jnp.inf)
     return jnp.argmax(score, axis=-1), jnp.any(ok, axis=-1)
 

@@ -32,7 +32,7 @@ class Ring(NamedTuple):
 
     outbox: PyTree  # leaves (n, B, ...): what each peer sent, slot = count % B
     sent_at: jax.Array  # (n, B) float32 when it was sent (-inf: empty slot)
-    arrive: jax.Array  # (n, B) float32 when it reaches the sender's out-neighbours
+    bits: jax.Array  # (n, B) float32 its size (its delay on each link)
     tick: jax.Array  # (n, B) int32 the tick it was sent at (its loss draws)
     count: jax.Array  # (n,) int32 messages each peer has sent
 
@@ -82,7 +82,7 @@ def init_ring(outbox_shapes: PyTree, n: int, depth: int) -> Ring:
     return Ring(
         jax.tree.map(slots, outbox_shapes),
         jnp.full((n, depth), -jnp.inf, jnp.float32),
-        jnp.full((n, depth), jnp.inf, jnp.float32),
+        jnp.zeros((n, depth), jnp.float32),
         jnp.full((n, depth), -1, jnp.int32),
         jnp.zeros((n,), jnp.int32),
     )

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from workbench.clock.delivery import (
     keep_edges,
     latest,
+    link_factors,
     lost,
     push,
     real_edges,
@@ -90,7 +91,7 @@ def make_tick(spec, seed: int):
     cfg, link = clock.config, clock.config.link
     m = spec.participants
     kind = EXCHANGES[alg.exchange]
-    factor = jnp.asarray(clock.factor, jnp.float32)
+    slowdown = jnp.asarray(clock.factor, jnp.float32)  # (n,) stragglers
     pairwise = alg.rounds.pairwise
     use_view = alg.uses_topology
     faults = cfg.faults
@@ -109,10 +110,11 @@ def make_tick(spec, seed: int):
     def keep(mask, new, old):
         return new if everyone else _where(mask, new, old)
 
-    def delay(bits):
+    def delay(bits, factor):
+        """Seconds on each link: factor (latency + bytes / bandwidth)."""
         if link.bandwidth is None:
-            return jnp.full(bits.shape, link.latency, jnp.float32)
-        return link.latency + bits / BITS_PER_BYTE / link.bandwidth
+            return factor * jnp.full(bits.shape, link.latency, jnp.float32)
+        return factor * (link.latency + bits / BITS_PER_BYTE / link.bandwidth)
 
     local = _make_local(spec, seed)
 
@@ -138,7 +140,7 @@ def make_tick(spec, seed: int):
         # 2. the cohort's idle live peers start a step
         chosen = sample_peers(round_key(seed, t, PARTICIPATION), n, m)
         busy = jnp.zeros((n,), bool).at[chosen].set(True) & alive
-        d = clock.speed.draw(round_key(seed, t, CLOCK), ck.steps) * factor
+        d = clock.speed.draw(round_key(seed, t, CLOCK), ck.steps) * slowdown
         if alg.server is not None and cfg.mode == "async":
             d = d + clock.upload  # a client's cycle: compute, upload, download
         ready = jnp.where(busy & ((ck.ready <= now) | rejoined), now + d, ck.ready)
@@ -150,13 +152,15 @@ def make_tick(spec, seed: int):
             table, table, jnp.arange(n, dtype=jnp.int32), weights, n, key, alg.message
         )
         messages = kind.prepare(outbox, ctx)
+        factor = link_factors(seed, table, link.spread)  # (n, k) each link's
+        bits = message_bits(outbox)  # (n,) each peer's message
         if not delays:
             lag, longest = jnp.zeros(table.idx.shape), jnp.zeros((n,))
         else:
-            if alg.exchange == "edge":
-                lag = delay(message_bits(messages, batch_dims=2))  # (n, k) per edge
-            else:
-                lag = delay(message_bits(outbox))[table.idx]  # (n, k) sender's size
+            if alg.exchange == "edge":  # (n, k) per edge
+                lag = delay(message_bits(messages, batch_dims=2), factor)
+            else:  # the sender's message on each of its links
+                lag = delay(bits[table.idx], factor)
             lag = jnp.where(real_edges(table), lag, 0.0)
             longest = jax.ops.segment_max(lag.reshape(-1), table.idx.reshape(-1), n)
 
@@ -196,8 +200,9 @@ def make_tick(spec, seed: int):
             st2 = lift_combine(st1, inbox, None)
         elif ring is not None:  # async: the newest message that has arrived
             sent_at = jnp.minimum(ready, end)
-            ring = push(ring, plain(outbox), sends, sent_at, sent_at + longest, t)
-            slot, found = latest(ring, table, end, seed, link.loss)
+            ring = push(ring, plain(outbox), sends, sent_at, bits, t)
+            on_link = lambda b: delay(b, factor[..., None])  # noqa: E731
+            slot, found = latest(ring, table, end, seed, link.loss, on_link)
             delivered = real_edges(table) & alive[table.idx] & found & receives[:, None]
             cut = keep_edges(table, delivered)
             stale = stale_messages(ring, cut, slot)
@@ -206,7 +211,7 @@ def make_tick(spec, seed: int):
             else:
                 inbox = table_inbox(stale, cut)
             st2 = lift_combine(st1, inbox, _view(cut) if use_view else None)
-            per_edge = sent_to * message_bits(outbox)[table.idx]
+            per_edge = sent_to * bits[table.idx]
             sent = jax.ops.segment_sum(per_edge.reshape(-1), table.idx.reshape(-1), n)
             srv_bits = jnp.zeros((), jnp.float32)
         else:  # sync (or async edge messages): this tick's messages only

@@ -8,7 +8,7 @@
       timeout: 3.0           # sync: a round waits at most this long
       compute: {name: lognormal, sigma: 0.5, time: 1.0}   # SPEEDS entry
       stragglers: {fraction: 0.125, factor: 10}           # or peers: [3, 7]
-      link: {latency: 0.1, bandwidth: 1.0e6, loss: 0.05}  # seconds, bytes/s
+      link: {latency: 0.1, bandwidth: 1.0e6, loss: 0.05, spread: 0.5}
       faults:
         crash_rate: 0.01     # crashes per live peer per virtual second
         rejoin_rate: 0.1     # rejoins per crashed peer per virtual second
@@ -33,17 +33,21 @@ __all__ = ["ClockConfig", "CrashEvent", "FaultConfig", "LinkConfig", "Stragglers
 
 
 class LinkConfig(FrozenModel):
-    """Every link: delivery time = latency + message bytes / bandwidth.
+    """The links: a message's delivery time is f (latency + bytes / bandwidth).
 
     Attributes:
       latency: virtual seconds a message takes besides its transfer.
       bandwidth: bytes per virtual second; None: transfers take no time.
       loss: probability that one message on one link is lost.
+      spread: sigma of f, each link's own speed: a lognormal factor of mean 1
+        drawn once per undirected link from the seed (clipped to 3 sigma);
+        0: every link alike (f = 1).
     """
 
     latency: float = Field(0.0, ge=0)
     bandwidth: float | None = Field(None, gt=0)
     loss: float = Field(0.0, ge=0, lt=1)
+    spread: float = Field(0.0, ge=0)
 
     @property
     def delays(self) -> bool:
