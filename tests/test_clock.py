@@ -62,7 +62,11 @@ def averager() -> Algorithm:
     return Algorithm(init, local, combine, "average")
 
 
-def simulate(alg, clock: dict, ticks: int, x0=None, W=None):
+def server_mean() -> Algorithm:
+    return averager()._replace(exchange="server")
+
+
+def simulate(alg, clock: dict, ticks: int, x0=None, W=None, weights=None):
     """Runs ``ticks`` ticks one at a time; (per-tick states, traffic, final)."""
     W = ring_weights(N) if W is None else W
     arrays = from_matrix("table", W)
@@ -76,7 +80,8 @@ def simulate(alg, clock: dict, ticks: int, x0=None, W=None):
     chunk = make_chunk(rs, SEED)
     states, traffic = [], []
     for t in range(ticks):
-        state, tr = chunk(state, data, arrays, jnp.ones(N), jnp.int32(t), length=1)
+        w = jnp.ones(N) if weights is None else jnp.asarray(weights, jnp.float32)
+        state, tr = chunk(state, data, arrays, w, jnp.int32(t), length=1)
         states.append(jax.device_get(state))
         traffic.append(jax.device_get(tr))
     return states, traffic
@@ -265,3 +270,16 @@ def test_each_link_has_its_own_speed_the_same_both_ways():
     assert [float(tr.time[0]) for tr in traffic] == pytest.approx(
         [1 + slowest, 2 * (1 + slowest)], rel=1e-6
     )
+
+
+def test_server_mean_takes_the_uploads_that_made_the_deadline():
+    x0 = np.array([3.0, -1.0, 7.0, 2.0, 0.5, 4.0], np.float32)
+    sizes = np.arange(1.0, N + 1)  # data-size weights
+    clock = {"timeout": 2.0, "stragglers": {"peers": [4], "factor": 10}}
+    states, traffic = simulate(server_mean(), clock, 1, x0, weights=sizes)
+    came = np.arange(N) != 4
+    mean = (sizes[came] * x0[came]).sum() / sizes[came].sum()
+    want = np.where(came, mean, x0[4])  # the straggler neither sent nor pulled
+    np.testing.assert_allclose(states[0].alg.params, want, rtol=1e-6)
+    np.testing.assert_array_equal(traffic[0].sent[0], np.where(came, 32.0, 0.0))
+    assert float(traffic[0].server[0]) == 32.0 * 5

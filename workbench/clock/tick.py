@@ -123,6 +123,40 @@ def make_tick(spec, seed: int):
             state, inbox, view if use_view else None
         )
 
+    def from_ring(st1, ring, table, slot, delivered):
+        """``combine`` of what the ring delivers (``average`` or ``gather``)."""
+        cut = keep_edges(table, delivered)
+        stale = stale_messages(ring, cut, slot)
+        if alg.exchange == "average":
+            inbox = weighted_sum(stale, cut)
+        else:
+            inbox = table_inbox(stale, cut)
+        return lift_combine(st1, inbox, _view(cut) if use_view else None)
+
+    def this_tick(st1, messages, ctx, table, delivered, sent_to, uploaded, receives):
+        """The exchange of the tick's own messages over the delivered edges (and
+        its further gossip steps); (state, receives, sent bits, server bits)."""
+        cut = table if everyone and link.loss == 0 else keep_edges(table, delivered)
+        cut_view = _view(cut) if use_view else None
+        w = ctx.weights * uploaded
+        ok = jnp.sum(w) > 0
+        ctx = ctx._replace(arrays=cut, table=cut, weights=jnp.where(ok, w, 1.0))
+        sent_table = table if everyone else keep_edges(table, sent_to)
+        sent_ctx = ctx._replace(arrays=sent_table, table=sent_table)
+        sent, srv_bits = kind.cost(messages, sent_ctx)
+        if alg.exchange == "server":  # every finished upload; the mean back
+            sent = jnp.where(receives, message_bits(messages), 0.0)
+            receives = receives & ok
+            srv_bits = srv_bits / n * jnp.sum(receives)
+        st2 = lift_combine(st1, kind.deliver(messages, ctx), cut_view)
+        for _ in range(alg.rounds.gossip_steps - 1):  # more gossip steps
+            st2 = keep(receives, st2, st1)
+            again = spec.lift(lambda s, v: alg.resend(s, v))(st2, cut_view)
+            more = kind.prepare(again, ctx)
+            sent = sent + kind.cost(more, sent_ctx)[0]
+            st2 = lift_combine(st2, kind.deliver(more, ctx), cut_view)
+        return st2, receives, sent, srv_bits
+
     def tick(carry: Clocked, t, data, topo_data, weights):
         st, ck = carry.alg, carry.clock
         now = ck.now[0]
@@ -141,7 +175,7 @@ def make_tick(spec, seed: int):
         chosen = sample_peers(round_key(seed, t, PARTICIPATION), n, m)
         busy = jnp.zeros((n,), bool).at[chosen].set(True) & alive
         d = clock.speed.draw(round_key(seed, t, CLOCK), ck.steps) * slowdown
-        if alg.server is not None and cfg.mode == "async":
+        if alg.exchange == "server" and cfg.mode == "async":
             d = d + clock.upload  # a client's cycle: compute, upload, download
         ready = jnp.where(busy & ((ck.ready <= now) | rejoined), now + d, ck.ready)
 
@@ -165,10 +199,11 @@ def make_tick(spec, seed: int):
             longest = jax.ops.segment_max(lag.reshape(-1), table.idx.reshape(-1), n)
 
         # 4. the tick's end, and who finished a step by then
+        upload = clock.upload if alg.exchange == "server" else 0.0
         if cfg.mode == "async":
             end = now + cfg.tick
         else:
-            extra = clock.upload if alg.server is not None else longest
+            extra = upload if alg.exchange == "server" else longest
             end = jnp.max(jnp.where(busy, ready + extra, -jnp.inf))
             if cfg.timeout is not None:
                 end = jnp.minimum(end, now + cfg.timeout)
@@ -189,7 +224,6 @@ def make_tick(spec, seed: int):
         delivered = sent_to & on_time & ~gone & receives[:, None]
 
         ring, server = carry.ring, carry.server
-        gossip = alg.rounds.gossip_steps - 1
         if alg.server is not None:
             up = clock.upload if cfg.mode == "sync" else 0.0
             came = active & (ready + up <= end)
@@ -204,36 +238,15 @@ def make_tick(spec, seed: int):
             on_link = lambda b: delay(b, factor[..., None])  # noqa: E731
             slot, found = latest(ring, table, end, seed, link.loss, on_link)
             delivered = real_edges(table) & alive[table.idx] & found & receives[:, None]
-            cut = keep_edges(table, delivered)
-            stale = stale_messages(ring, cut, slot)
-            if alg.exchange == "average":
-                inbox = weighted_sum(stale, cut)
-            else:
-                inbox = table_inbox(stale, cut)
-            st2 = lift_combine(st1, inbox, _view(cut) if use_view else None)
+            st2 = from_ring(st1, ring, table, slot, delivered)
             per_edge = sent_to * bits[table.idx]
             sent = jax.ops.segment_sum(per_edge.reshape(-1), table.idx.reshape(-1), n)
             srv_bits = jnp.zeros((), jnp.float32)
         else:  # sync (or async edge messages): this tick's messages only
-            cut = table if everyone and link.loss == 0 else keep_edges(table, delivered)
-            cut_view = _view(cut) if use_view else None
-            w = weights * (active & (ready + longest <= end))
-            ok = jnp.sum(w) > 0
-            ctx = ctx._replace(arrays=cut, table=cut, weights=jnp.where(ok, w, 1.0))
-            sent_table = table if everyone else keep_edges(table, sent_to)
-            sent_ctx = ctx._replace(arrays=sent_table, table=sent_table)
-            sent, srv_bits = kind.cost(messages, sent_ctx)
-            if alg.exchange == "server":
-                receives = receives & ok
-                sent = jnp.where(active, message_bits(outbox), 0.0)
-                srv_bits = srv_bits / n * jnp.sum(receives)
-            st2 = lift_combine(st1, kind.deliver(messages, ctx), cut_view)
-            for _ in range(gossip):  # more gossip steps over the same graph
-                st2 = keep(receives, st2, st1)
-                again = spec.lift(lambda s, v: alg.resend(s, v))(st2, cut_view)
-                more = kind.prepare(again, ctx)
-                sent = sent + kind.cost(more, sent_ctx)[0]
-                st2 = lift_combine(st2, kind.deliver(more, ctx), cut_view)
+            uploaded = active & (ready + upload <= end)  # server exchange
+            st2, receives, sent, srv_bits = this_tick(
+                st1, messages, ctx, table, delivered, sent_to, uploaded, receives
+            )
         state = keep(receives, st2, st1)
 
         # 6. the clock moves on
