@@ -209,6 +209,13 @@ def test_adpsgd_does_not_wait_for_the_straggler(tmp_path):
     assert (clock["steps_per_peer_min"], clock["steps_per_peer_max"]) == (1, 12)
     assert clock["steps_per_peer_mean"] == (7 * 12 + 1) / 8
     assert clock["virtual_time"] == 12.0 and clock["ring_depth"] == 1
+    from paper_figures.plot_runs import load_curve
+    from paper_figures.plot_runs import main as plot_main
+
+    fig = tmp_path / "stragglers.png"
+    assert plot_main([str(sync), str(asy), "--x", "virtual_time", "-o", str(fig)]) == 0
+    assert fig.read_bytes()[:4] == b"\x89PNG"
+    assert load_curve(sync)["virtual_time"].tolist() == [40.0]
 
 
 @pytest.mark.parametrize(
