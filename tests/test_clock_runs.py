@@ -202,6 +202,7 @@ def test_adpsgd_does_not_wait_for_the_straggler(tmp_path):
     s, a = table(sync)[-1], table(asy)[-1]
     assert float(s["virtual_time"]) == 40.0  # 4 rounds of the 10 s straggler
     assert float(a["virtual_time"]) == 12.0  # 12 ticks of 1 s
+    assert {r["virtual_time"] for r in table(asy, "peers.csv")} == {"12.0"}
     # the straggler's first step ends at 10 s (tick 9); the others every tick
     assert float(a["active_peers"]) == pytest.approx(7 + 1 / 12, abs=1e-4)
     assert float(a["test_acc_mean"]) > float(s["test_acc_mean"])

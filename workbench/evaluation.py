@@ -175,6 +175,7 @@ METRICS_FIELDS = [
 ]
 PEER_FIELDS = [
     "round",
+    "virtual_time",
     "peer",
     "train_loss",
     "train_acc",
@@ -260,6 +261,7 @@ def rows(
     peers = [
         {
             "round": round_,
+            "virtual_time": vt,
             "peer": i,
             **{k: float(v[i]) for k, v in per_peer.items()},
             "bytes_sent": float(peer_bytes[i]),
