@@ -256,7 +256,7 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
 
 def check_clocked(sc, devices: int, name: str) -> None:
     """One line for what the virtual clock does not run with."""
-    why = "asynchronous" if sc.clock is None else "on the virtual clock"
+    why = "of an asynchronous algorithm" if sc.clock is None else "on the virtual clock"
     if sc.privacy is not None:
         raise ScenarioError(
             "privacy", f"the privacy stage does not capture runs {why} (yet)"
