@@ -24,6 +24,7 @@ def test_kinds_cover_every_registry():
         "metrics",
         "optimizers",
         "schedules",
+        "speeds",
         "attacks",
     )
     assert [registry(k).kind for k in KINDS] == [
@@ -37,6 +38,7 @@ def test_kinds_cover_every_registry():
         "metric",
         "optimizer",
         "schedule",
+        "compute model",
         "attack",
     ]
 
