@@ -18,7 +18,6 @@ synchronous scenario is 1.3x.
 """
 
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 
 from tests.benchmarks.bench_engine import KEY
-from tests.benchmarks.bench_rounds import ring
+from tests.benchmarks.bench_rounds import ring, time_chunk
 from workbench.algorithms import ALGORITHMS
 from workbench.clock import build_clock, init_clocked
 from workbench.comm import from_matrix
@@ -90,19 +89,7 @@ def setup(kernel: str, clock: dict | None):
 def test_clocked_round(benchmark, name):
     chunk, state, data, topo = setup(*CASES[name])
     args = (data, topo, jnp.ones((N,)))
-    box = [jax.block_until_ready(chunk(state, *args, jnp.int32(0), length=ROUNDS)[0])]
-
-    def one():
-        box[0] = jax.block_until_ready(
-            chunk(box[0], *args, jnp.int32(0), length=ROUNDS)[0]
-        )
-
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        one()
-        times.append(time.perf_counter() - start)
-    benchmark.pedantic(one, rounds=1, iterations=1)
+    times = time_chunk(benchmark, chunk, state, args, ROUNDS, REPEATS)
     RESULTS[name] = 1000 * min(times) / ROUNDS
     benchmark.extra_info["ms_per_round"] = RESULTS[name]
     benchmark.extra_info["ms_per_round_median"] = (

@@ -73,23 +73,29 @@ def setup(spec: dict):
     return make_chunk(rspec, 0), state, data, topo
 
 
-@pytest.mark.parametrize("name", list(ALGORITHMS_TIMED))
-def test_round(benchmark, name):
-    chunk, state, data, topo = setup(ALGORITHMS_TIMED[name])
-    args = (data, topo, jnp.ones((N,)))
-    box = [jax.block_until_ready(chunk(state, *args, jnp.int32(0), length=ROUNDS)[0])]
+def time_chunk(benchmark, chunk, state, args, rounds: int, repeats: int = REPEATS):
+    """Seconds of ``repeats`` calls of a chunk of ``rounds`` rounds (after one
+    warm-up), the state carried from call to call; one more for ``benchmark``."""
+    box = [jax.block_until_ready(chunk(state, *args, jnp.int32(0), length=rounds)[0])]
 
     def one():
         box[0] = jax.block_until_ready(
-            chunk(box[0], *args, jnp.int32(0), length=ROUNDS)[0]
+            chunk(box[0], *args, jnp.int32(0), length=rounds)[0]
         )
 
     times = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         start = time.perf_counter()
         one()
         times.append(time.perf_counter() - start)
     benchmark.pedantic(one, rounds=1, iterations=1)
+    return times
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS_TIMED))
+def test_round(benchmark, name):
+    chunk, state, data, topo = setup(ALGORITHMS_TIMED[name])
+    times = time_chunk(benchmark, chunk, state, (data, topo, jnp.ones((N,))), ROUNDS)
     RESULTS[name] = 1000 * statistics.median(times) / ROUNDS
     benchmark.extra_info["ms_per_round"] = RESULTS[name]
 

@@ -44,7 +44,7 @@ from workbench.comm.arrays import Table
 from workbench.comm.exchange import EXCHANGES, Context, table_inbox
 from workbench.comm.kernels import as_table
 from workbench.comm.messages import message_bits, plain
-from workbench.keys import CLOCK, EXCHANGE, LOCAL, PARTICIPATION, TOPOLOGY, round_key
+from workbench.keys import CLOCK, EXCHANGE, PARTICIPATION, TOPOLOGY, round_key
 
 BITS_PER_BYTE = 8.0
 
@@ -63,22 +63,15 @@ def _view(table: Table):
 
 
 def _make_local(spec, seed: int):
-    """``local(state, data, t, view) -> (state, outbox)`` for all n peers."""
-    from workbench.rounds import sample_batches
+    """``local(state, data, t, view) -> (state, outbox)`` for all n peers: the
+    round model's own ``local`` phase, every peer a participant."""
+    from workbench.rounds import make_phases
 
-    alg, n = spec.algorithm, spec.num_peers
-    use_view = alg.uses_topology
-
-    def peer_local(state, x, y, size, peer, t, topo):
-        key = jax.random.fold_in(round_key(seed, t, LOCAL), peer)
-        kb, kl = jax.random.split(key)
-        batches = sample_batches(kb, x, y, size, spec.local_steps, spec.batch_size)
-        return alg.local(state, batches, topo if use_view else None, kl)
+    phase = make_phases(spec, seed).local
+    peers = jnp.arange(spec.num_peers, dtype=jnp.int32)
 
     def local(state, data, t, view):
-        peers = jnp.arange(n, dtype=jnp.int32)
-        ts = jnp.broadcast_to(t, (n,))
-        return spec.lift(peer_local)(state, *data, peers, ts, view)
+        return phase(state, *data, peers, t, view)
 
     return local
 
