@@ -283,3 +283,20 @@ def test_server_mean_takes_the_uploads_that_made_the_deadline():
     np.testing.assert_allclose(states[0].alg.params, want, rtol=1e-6)
     np.testing.assert_array_equal(traffic[0].sent[0], np.where(came, 32.0, 0.0))
     assert float(traffic[0].server[0]) == 32.0 * 5
+
+
+def test_a_stateful_server_applies_uploads_in_the_order_they_finish():
+    from workbench.algorithms.base import Server
+
+    def receive(s, upload, peer):  # not commutative: the order shows
+        return 2.0 * s + upload
+
+    server = Server(lambda p, n: jnp.zeros_like(p), receive, lambda s, pulled: (s, s))
+    alg = averager()._replace(exchange="server", server=server)
+    x0 = np.array([3.0, -1.0, 7.0, 2.0, 0.5, 4.0], np.float32)
+    clock = {"stragglers": {"peers": [0, 2], "factor": 3.0}}
+    states, _ = simulate(alg, clock, 1, x0)
+    want = 0.0
+    for peer in (1, 3, 4, 5, 0, 2):  # done at 1 s (by id), then at 3 s (by id)
+        want = 2.0 * want + x0[peer]
+    np.testing.assert_allclose(states[0].alg.params, np.full(N, want), rtol=1e-6)
