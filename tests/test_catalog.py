@@ -24,6 +24,8 @@ def test_kinds_cover_every_registry():
         "metrics",
         "optimizers",
         "schedules",
+        "aggregators",
+        "server_optimizers",
         "speeds",
         "attacks",
     )
@@ -38,6 +40,8 @@ def test_kinds_cover_every_registry():
         "metric",
         "optimizer",
         "schedule",
+        "aggregator",
+        "server optimizer",
         "compute model",
         "attack",
     ]

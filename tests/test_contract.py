@@ -35,6 +35,7 @@ REQUIRED = {  # keys without a default, and defenses without noise (plain SGD)
     "dpsgd": {"noise_multiplier": 0.0, "clip": 1e6},
     "fedasync": {"alpha": 1.0},  # mixing weight 1: the server takes the model
     "fedbuff": {"buffer": 1},  # a server step per upload
+    "dynamic_averaging": {"threshold": 0.0},  # a full sync every round
 }
 
 

@@ -57,6 +57,14 @@ _KINDS: dict[str, _Kind] = {
     "schedules": _Kind(
         "workbench.optim", "SCHEDULES", "algorithm.schedule: {name, kwargs}"
     ),
+    "aggregators": _Kind(
+        "workbench.algorithms", "AGGREGATORS", "algorithm.aggregator: {name, kwargs}"
+    ),
+    "server_optimizers": _Kind(
+        "workbench.algorithms",
+        "SERVER_OPTIMIZERS",
+        "algorithm.server_optimizer: {name, kwargs}",
+    ),
     "speeds": _Kind(
         "workbench.clock.speeds", "SPEEDS", "clock.compute: {name, kwargs}"
     ),

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from workbench.algorithms.base import Algorithm, PeerTopo
+from workbench.algorithms.base import Algorithm, PeerTopo, cohort_size
 from workbench.comm.arrays import Table
 from workbench.comm.exchange import EXCHANGES, Context, out_edges
 from workbench.comm.kernels import as_table
@@ -110,8 +110,7 @@ class RoundSpec(NamedTuple):
     @property
     def participants(self) -> int:
         """Peers active per round (== num_peers: everyone)."""
-        fraction = self.algorithm.rounds.participation
-        return max(1, min(self.num_peers, round(fraction * self.num_peers)))
+        return cohort_size(self.algorithm.rounds.participation, self.num_peers)
 
     @property
     def local_steps(self) -> int:
@@ -194,7 +193,9 @@ def make_phases(spec: RoundSpec, seed: int) -> Phases:
 
     def context(arrays, table, peers, weights, t):
         key = round_key(seed, t, EXCHANGE)
-        return Context(arrays, table, peers, weights, n, key, alg.message)
+        return Context(
+            arrays, table, peers, weights, n, key, alg.message, alg.aggregate
+        )
 
     def exchange(outbox, arrays, table, peers, weights, t):
         return kind.run(outbox, context(arrays, table, peers, weights, t))

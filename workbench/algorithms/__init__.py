@@ -12,9 +12,18 @@ import pkgutil
 from workbench.algorithms.base import Algorithm, RoundStructure, local_steps
 from workbench.algorithms.dsgd import dsgd
 from workbench.algorithms.fedavg import fedavg
-from workbench.algorithms.registry import ALGORITHMS
+from workbench.algorithms.registry import AGGREGATORS, ALGORITHMS, SERVER_OPTIMIZERS
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["ALGORITHMS", "Algorithm", "RoundStructure", "dsgd", "fedavg", "local_steps"]
+__all__ = [
+    "AGGREGATORS",
+    "ALGORITHMS",
+    "SERVER_OPTIMIZERS",
+    "Algorithm",
+    "RoundStructure",
+    "dsgd",
+    "fedavg",
+    "local_steps",
+]

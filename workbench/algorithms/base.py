@@ -48,6 +48,11 @@ class RoundStructure(NamedTuple):
     pairwise: bool = False
 
 
+def cohort_size(fraction: float, n: int) -> int:
+    """Peers sampled per round for a participation ``fraction`` of ``n``."""
+    return max(1, min(n, round(fraction * n)))
+
+
 class PeerTopo(NamedTuple):
     """One peer's view of the round's graph: its padded in-neighbour row of W."""
 
@@ -95,6 +100,9 @@ class Algorithm(NamedTuple):
     privacy: dict | None = None
     # a stateful server (exchange "server"): runs on the virtual clock
     server: Server | None = None
+    # the ``server`` exchange's reduction, (uploads (m, ...), weights (m,)) ->
+    # model (an AGGREGATORS entry); None: the weighted mean
+    aggregate: Callable | None = None
 
 
 def local_steps(

@@ -1,10 +1,15 @@
-"""FedAvg / local SGD with a server (McMahan et al. 2017; FedOpt-style server lr).
+"""FedAvg and its family: FedOpt server optimizers, FedProx, robust aggregation.
 
 Each round the sampled clients run tau local steps from the global model and
-send their models; the server takes the weighted mean (uniform or by data size,
-the default) and moves the global model towards it with
-``server_lr`` (1.0 = plain FedAvg). Clients are stateless: their local optimizer
-state restarts every round, as in FedJAX and Flower.
+upload their models; the server aggregates them (the weighted mean: uniform,
+by data size n_i / sum n, or by the softmax of the clients' training losses;
+or a robust AGGREGATORS entry) and takes one step of its server optimizer on
+the pseudo-gradient ``x - aggregate`` (plain FedAvg: sgd with lr 1, x <- the
+aggregate; FedAvgM, FedAdam, FedYogi, FedAdagrad: SERVER_OPTIMIZERS). FedProx
+adds ``mu/2 ||w - x||^2`` to the local loss. Clients are stateless: their
+local optimizer state restarts every round, as in FedJAX and Flower. Every
+peer holds a copy of the server's model and optimizer state; the copies stay
+equal because every peer applies the same step to the same aggregate.
 """
 
 from __future__ import annotations
@@ -22,12 +27,32 @@ from workbench.algorithms.base import (
     RoundStructure,
     local_steps,
 )
-from workbench.algorithms.registry import ALGORITHMS
+from workbench.algorithms.registry import AGGREGATORS, ALGORITHMS, SERVER_OPTIMIZERS
+from workbench.comm.messages import Scored
+from workbench.errors import ScenarioError
+
+Weighting = Literal["uniform", "data_size", "loss"]
 
 
 class FedAvgState(NamedTuple):
     params: PyTree  # the global model as this client last received it
     loss: jax.Array  # () mean training loss of the last local steps
+    server: PyTree  # the server optimizer's state (the same on every peer)
+
+
+def proximal(loss_fn: LossFn, mu: float, anchor: PyTree) -> LossFn:
+    """``loss_fn + mu/2 ||params - anchor||^2`` (FedProx's local objective)."""
+
+    def loss(params, batch):
+        sq = sum(
+            jnp.sum((p - a) ** 2)
+            for p, a in zip(
+                jax.tree.leaves(params), jax.tree.leaves(anchor), strict=True
+            )
+        )
+        return loss_fn(params, batch) + 0.5 * mu * sq
+
+    return loss
 
 
 def fedavg(
@@ -36,31 +61,58 @@ def fedavg(
     server_lr: float = 1.0,
     steps: int = 1,
     client_fraction: float = 1.0,
-    weighting: Literal["uniform", "data_size"] = "data_size",
+    weighting: Weighting = "data_size",
+    *,
+    server_opt: optax.GradientTransformation | None = None,
+    mu: float = 0.0,
+    aggregate=None,
 ) -> Algorithm:
-    """FedAvg: ``steps`` local steps on a ``client_fraction`` of the clients, whose
-    models the server averages with ``weighting`` (data size: n_i / sum n)."""
+    """FedAvg: ``steps`` local steps on a ``client_fraction`` of the clients,
+    whose models the server aggregates (``weighting``, or ``aggregate``) and
+    steps to with ``server_opt`` (default sgd with ``server_lr``)."""
+    server_opt = server_opt or optax.sgd(server_lr)
 
     def init(params, key):
         del key
-        return FedAvgState(params, jnp.zeros(()))
+        return FedAvgState(params, jnp.zeros(()), server_opt.init(params))
 
     def local(state, batches, topo, key):
         del topo, key
+        objective = proximal(loss_fn, mu, state.params) if mu else loss_fn
         params, _, loss = local_steps(
-            loss_fn, local_opt, state.params, local_opt.init(state.params), batches
+            objective, local_opt, state.params, local_opt.init(state.params), batches
         )
-        return state._replace(loss=loss), params
+        upload = Scored(params, loss) if weighting == "loss" else params
+        return state._replace(loss=loss), upload
 
     def combine(state, inbox, topo):
         del topo
-        params = jax.tree.map(
-            lambda g, avg: g + server_lr * (avg - g), state.params, inbox
-        )
-        return state._replace(params=params)
+        pseudo = jax.tree.map(lambda g, avg: g - avg, state.params, inbox)
+        updates, server = server_opt.update(pseudo, state.server, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state._replace(params=params, server=server)
 
-    rounds = RoundStructure(steps, client_fraction, weighting)
-    return Algorithm(init, local, combine, "server", rounds)
+    static = "uniform" if weighting == "loss" else weighting
+    rounds = RoundStructure(steps, client_fraction, static)
+    return Algorithm(init, local, combine, "server", rounds, aggregate=aggregate)
+
+
+def _server_parts(server_lr: float, server_optimizer, aggregator):
+    """(server optimizer, aggregate) from the scenario's keys."""
+    opt = None
+    if server_optimizer is not None:
+        if server_lr != 1.0:
+            raise ScenarioError(
+                "algorithm.server_lr",
+                "set the step size in server_optimizer.lr, not both",
+            )
+        opt = SERVER_OPTIMIZERS.build(
+            dict(server_optimizer), "algorithm.server_optimizer"
+        )
+    aggregate = None
+    if aggregator is not None and dict(aggregator).get("name") != "mean":
+        aggregate = AGGREGATORS.build(dict(aggregator), "algorithm.aggregator")
+    return opt, aggregate
 
 
 @ALGORITHMS.register("fedavg")
@@ -71,8 +123,11 @@ def _fedavg(
     local_steps: int = 1,
     server_lr: float = 1.0,
     client_fraction: float = 1.0,
-    weighting: Literal["uniform", "data_size"] = "data_size",
+    weighting: Weighting = "data_size",
+    server_optimizer: dict | None = None,
+    aggregator: dict | None = None,
 ) -> Algorithm:
+    opt, aggregate = _server_parts(server_lr, server_optimizer, aggregator)
     return fedavg(
         loss_fn,
         optimizer(local_steps),
@@ -80,4 +135,35 @@ def _fedavg(
         steps=local_steps,
         client_fraction=client_fraction,
         weighting=weighting,
+        server_opt=opt,
+        aggregate=aggregate,
+    )
+
+
+@ALGORITHMS.register("fedprox")
+def _fedprox(
+    loss_fn,
+    optimizer,
+    *,
+    mu: float = 0.01,
+    local_steps: int = 1,
+    server_lr: float = 1.0,
+    client_fraction: float = 1.0,
+    weighting: Weighting = "data_size",
+    server_optimizer: dict | None = None,
+    aggregator: dict | None = None,
+) -> Algorithm:
+    if mu < 0:
+        raise ScenarioError("algorithm.mu", f"must be >= 0, got {mu}")
+    opt, aggregate = _server_parts(server_lr, server_optimizer, aggregator)
+    return fedavg(
+        loss_fn,
+        optimizer(local_steps),
+        server_lr=server_lr,
+        steps=local_steps,
+        client_fraction=client_fraction,
+        weighting=weighting,
+        server_opt=opt,
+        mu=mu,
+        aggregate=aggregate,
     )

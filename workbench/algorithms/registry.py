@@ -12,3 +12,8 @@ engine reads nothing else about an algorithm.
 from workbench.registry import Registry
 
 ALGORITHMS = Registry("algorithm", context=("loss_fn", "optimizer", "graph"))
+
+# how a server reduces its clients' uploads (workbench.algorithms.aggregation)
+AGGREGATORS = Registry("aggregator")
+# the server's optax step on the pseudo-gradient (workbench.algorithms.server_opt)
+SERVER_OPTIMIZERS = Registry("server optimizer")

@@ -74,6 +74,17 @@ def _check(cfg: ClockConfig, algorithm, name: str, topology_info: dict) -> None:
         )
     if algorithm.rounds.pairwise and exchange != "average":
         raise ScenarioError("algorithm.name", f"'{name}' pairs peers: needs 'average'")
+    if exchange == "coordinator":
+        raise ScenarioError(
+            "algorithm.name",
+            f"'{name}' runs synchronous checks with a coordinator; drop the clock",
+        )
+    if algorithm.aggregate is not None:
+        raise ScenarioError(
+            "algorithm.aggregator",
+            "a robust aggregator needs a fixed cohort of uploads; on the clock "
+            "uploads arrive as peers finish: use the mean, or drop the clock",
+        )
 
 
 def build_clock(

@@ -177,7 +177,7 @@ def make_tick(spec, seed: int):
         key = round_key(seed, t, EXCHANGE)
         ctx = Context(
             table, table, jnp.arange(n, dtype=jnp.int32), weights, n, key, alg.message
-        )
+        )  # no robust ``aggregate`` here: build_clock refuses one
         messages = kind.prepare(outbox, ctx)
         factor = link_factors(seed, table, link.spread)  # (n, k) each link's
         bits = message_bits(outbox)  # (n,) each peer's message

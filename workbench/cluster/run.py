@@ -22,6 +22,7 @@ import numpy as np
 from workbench.checkpoint import canonical, save_checkpoint
 from workbench.cluster.hosts import Hosts, load_hosts
 from workbench.cluster.node import Node, host_copy, named, state_rows, unnamed
+from workbench.cluster.routing import ROUTES
 from workbench.cluster.security import load_keypair, secret_key_path
 from workbench.errors import WorkbenchError
 from workbench.evaluation import columns, rows
@@ -99,6 +100,7 @@ def run_node(
     refuse_clock(scenario)
     sim = build(scenario, resolve_data_dir(data_dir))
     refuse_clock(scenario, sim.spec.clock is not None)
+    refuse_exchange(scenario, sim.spec.algorithm.exchange)
     t0 = time.perf_counter()
     node = Node(sim, hosts, rank, keypair)
     try:
@@ -125,6 +127,16 @@ def refuse_clock(scenario, clocked: bool = False) -> None:
         raise WorkbenchError(
             f"algorithm '{scenario.algorithm['name']}' is asynchronous and runs on "
             "the simulator's virtual clock only (workbench simulate)"
+        )
+
+
+def refuse_exchange(scenario, kind: str) -> None:
+    """One line for an exchange the nodes cannot route yet."""
+    if kind not in ROUTES:
+        raise WorkbenchError(
+            f"algorithm '{scenario.algorithm['name']}' uses the '{kind}' exchange, "
+            f"which cluster nodes do not route (they route {sorted(ROUTES)}); "
+            "run it with workbench simulate"
         )
 
 

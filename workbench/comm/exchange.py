@@ -24,9 +24,17 @@ Entries:
   ``PerEdge`` part of the outbox (one value per out-edge, e.g. an edge dual)
   reaches ``message`` as the receiver's column only. Needs a graph whose
   edges go both ways (each receiver is in its sender's table).
-- ``server``: every peer receives the weighted mean of the participants'
-  outboxes (uniform or data-size weights); the server sends the mean back
-  to each participant.
+- ``server``: every peer receives the aggregate of the participants'
+  outboxes: their weighted mean (uniform or data-size weights), or what the
+  algorithm's ``aggregate`` makes of them (robust aggregation). An outbox
+  wrapped in :class:`Scored` also carries a score (a client's loss): the
+  weights are multiplied by the softmax of the participants' scores. The
+  server sends the aggregate back to each participant.
+- ``coordinator``: a server that decides whose uploads it takes (dynamic
+  averaging): ``ctx.aggregate(uploads, weights, key) -> Decision``; only the
+  uploads it takes cost their bits, and its reply (one value for everyone,
+  from which each peer tells whether it was taken) costs its bits once per
+  taken upload. A round where it takes none costs nothing.
 
 A network transport does the exchange itself and calls only the algorithm's
 ``local`` and ``combine`` (see workbench.rounds.Phases).
@@ -43,7 +51,7 @@ import jax.numpy as jnp
 from workbench.algorithms.base import Inbox
 from workbench.comm.arrays import Dense, KernelArrays, Mean, Roll, Segment, Table
 from workbench.comm.kernels import mix
-from workbench.comm.messages import PerEdge, message_bits, plain
+from workbench.comm.messages import PerEdge, Scored, message_bits, plain
 
 
 class Context(NamedTuple):
@@ -56,6 +64,9 @@ class Context(NamedTuple):
     n: int
     key: jax.Array  # the round's exchange key (edge messages)
     message: Callable | None  # the algorithm's per-edge message function
+    # server: (uploads (m, ...), weights (m,) summing to 1) -> model, None:
+    # the weighted mean; coordinator: (uploads, weights, key) -> Decision
+    aggregate: Callable | None = None
 
 
 def _as_is(outbox, ctx: Context):
@@ -212,22 +223,73 @@ def _cost_edge(messages, ctx: Context):
 # ------------------------------------------------------------------ server
 
 
+def weighted_mean(uploads, weights: jax.Array):
+    """sum_j weights_j uploads_j over the leading axis (weights sum to 1)."""
+
+    def one(leaf):
+        return jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1)
+
+    return jax.tree.map(one, uploads)
+
+
+def server_weights(outbox, ctx: Context) -> jax.Array:
+    """(m,) aggregation weights summing to 1: ``ctx.weights``, times the
+    softmax of the scores when the outbox is :class:`Scored`."""
+    w = ctx.weights
+    if isinstance(outbox, Scored):
+        w = w * jnp.exp(outbox.score - jnp.max(outbox.score))
+    return w / jnp.sum(w)
+
+
+def _unscored(outbox):
+    return plain(outbox.value if isinstance(outbox, Scored) else outbox)
+
+
 def _deliver_server(outbox, ctx: Context):
-    """Weighted mean of the m participants' outboxes, broadcast to all n peers."""
-    c = ctx.weights / jnp.sum(ctx.weights)
-
-    def agg(leaf):
-        avg = jnp.tensordot(c.astype(leaf.dtype), leaf, axes=1)
-        return jnp.broadcast_to(avg, (ctx.n,) + avg.shape)
-
-    return jax.tree.map(agg, plain(outbox))
+    """The aggregate of the m participants' outboxes, broadcast to all n peers."""
+    aggregate = ctx.aggregate or weighted_mean
+    avg = aggregate(_unscored(outbox), server_weights(outbox, ctx))
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (ctx.n,) + a.shape), avg)
 
 
 def _cost_server(outbox, ctx: Context):
-    """Each participant uploads once; the server sends the mean to each of them."""
+    """Each participant uploads once; the server sends the aggregate to each of them."""
     uploads = _scatter(message_bits(outbox), ctx)
-    mean_bits = message_bits(jax.tree.map(lambda x: x[:1], plain(outbox)))[0]
-    return uploads, mean_bits * ctx.peers.shape[0]
+    reply = jax.tree.map(lambda x: x[:1], _unscored(outbox))
+    return uploads, message_bits(reply)[0] * ctx.peers.shape[0]
+
+
+# ------------------------------------------------------------------ coordinator
+
+
+class Decision(NamedTuple):
+    """What a coordinating server decided in one round."""
+
+    reply: Any  # sent back to every taken participant (no peer axis)
+    taken: jax.Array  # (m,) bool: the participants whose upload it used
+
+
+class Decided(NamedTuple):
+    uploads: Any  # the participants' outboxes, leaves (m, ...)
+    decision: Decision
+
+
+def _prepare_coordinator(outbox, ctx: Context) -> Decided:
+    values = plain(outbox)
+    w = ctx.weights / jnp.sum(ctx.weights)
+    return Decided(outbox, ctx.aggregate(values, w, ctx.key))
+
+
+def _deliver_coordinator(messages: Decided, ctx: Context):
+    reply = messages.decision.reply
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (ctx.n,) + a.shape), reply)
+
+
+def _cost_coordinator(messages: Decided, ctx: Context):
+    taken = messages.decision.taken
+    uploads = _scatter(message_bits(messages.uploads) * taken, ctx)
+    reply = jax.tree.map(lambda x: x[None], messages.decision.reply)
+    return uploads, message_bits(reply)[0] * jnp.sum(taken)
 
 
 EXCHANGES = {
@@ -235,4 +297,7 @@ EXCHANGES = {
     "gather": Exchange(_deliver_gather, _cost_broadcast, needs_table=True),
     "edge": Exchange(_deliver_edge, _cost_edge, True, _edge_messages),
     "server": Exchange(_deliver_server, _cost_server),
+    "coordinator": Exchange(
+        _deliver_coordinator, _cost_coordinator, prepare=_prepare_coordinator
+    ),
 }

@@ -35,6 +35,14 @@ class PerEdge(NamedTuple):
     value: PyTree  # leaves (k - 1, ...): row c is for the sender's table column c + 1
 
 
+class Scored(NamedTuple):
+    """A server upload with a score (``server`` exchange): the server weighs
+    the uploads by the softmax of their scores (a client's loss)."""
+
+    value: PyTree  # the upload
+    score: jax.Array  # () the client's score; costs its bits like any leaf
+
+
 def sent_if(message: PyTree, sent) -> Coded:
     """``message`` costing its full size if ``sent`` (a () bool), else 0 bits."""
     values = plain(message)
