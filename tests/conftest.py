@@ -37,6 +37,9 @@ def pytest_configure(config):
     config.compilation_cache = tempfile.mkdtemp(prefix="workbench-tests-xla-")
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    # subprocesses (cluster nodes, a killed run's resume) share the cache
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = config.compilation_cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 
 
 def pytest_unconfigure(config):

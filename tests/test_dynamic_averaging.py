@@ -159,7 +159,7 @@ def test_the_clock_and_cluster_nodes_refuse_the_coordinator_one_line():
     from workbench.errors import ScenarioError, WorkbenchError
 
     alg = dynamic_averaging(quadratic_loss, optax.sgd(LR), 1.0)
-    with pytest.raises(ScenarioError, match="algorithm.name: 'dynamic_averaging'"):
+    with pytest.raises(ScenarioError, match="algorithm.name: .dynamic_averaging. runs"):
         build_clock(None, alg, "dynamic_averaging", 4, 0, 1.0, 1.0, {})
     sc = SimpleNamespace(algorithm={"name": "dynamic_averaging"})
     with pytest.raises(WorkbenchError, match="'coordinator' exchange, which cluster"):

@@ -30,6 +30,8 @@ from typing import Any, Literal, NamedTuple
 import jax
 import optax
 
+from workbench.comm.messages import Inbox  # noqa: F401  (part of this interface)
+
 PyTree = Any
 LossFn = Callable[[PyTree, Any], jax.Array]  # (params, batch) -> scalar
 
@@ -61,14 +63,6 @@ class PeerTopo(NamedTuple):
     mask: jax.Array  # (k,) bool: a real in-neighbour (not self, not padding)
     degree: jax.Array  # () int32 number of in-neighbours
     out_degree: jax.Array  # () int32 number of out-neighbours
-
-
-class Inbox(NamedTuple):
-    """What a ``gather`` or ``edge`` exchange delivers to one peer."""
-
-    messages: PyTree  # leaves (k, ...): column c came from topo.idx[c]
-    weight: jax.Array  # (k,) W_ij
-    mask: jax.Array  # (k,) bool: a real in-neighbour (column 0, self, is False)
 
 
 class Server(NamedTuple):

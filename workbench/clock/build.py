@@ -74,10 +74,11 @@ def _check(cfg: ClockConfig, algorithm, name: str, topology_info: dict) -> None:
         )
     if algorithm.rounds.pairwise and exchange != "average":
         raise ScenarioError("algorithm.name", f"'{name}' pairs peers: needs 'average'")
-    if exchange == "coordinator":
+    if exchange in ("coordinator", "hierarchy"):
         raise ScenarioError(
             "algorithm.name",
-            f"'{name}' runs synchronous checks with a coordinator; drop the clock",
+            f"'{name}' runs synchronous rounds of a {exchange} exchange; "
+            "drop the clock",
         )
     if algorithm.aggregate is not None:
         raise ScenarioError(

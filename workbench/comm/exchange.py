@@ -30,6 +30,11 @@ Entries:
   wrapped in :class:`Scored` also carries a score (a client's loss): the
   weights are multiplied by the softmax of the participants' scores. The
   server sends the aggregate back to each participant.
+- ``hierarchy``: two levels of servers (hierarchical FL). The outbox is a
+  :class:`Tiered` (the value, the sender's group, its share of the weight);
+  peer i receives :class:`Tiers`: the weighted mean over its group and the
+  weighted mean over everyone. An upload costs its bits (``sent_if`` makes
+  one free), and each paid upload gets the reply's bits back.
 - ``coordinator``: a server that decides whose uploads it takes (dynamic
   averaging): ``ctx.aggregate(uploads, weights, key) -> Decision``; only the
   uploads it takes cost their bits, and its reply (one value for everyone,
@@ -48,10 +53,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from workbench.algorithms.base import Inbox
 from workbench.comm.arrays import Dense, KernelArrays, Mean, Roll, Segment, Table
 from workbench.comm.kernels import mix
-from workbench.comm.messages import PerEdge, Scored, message_bits, plain
+from workbench.comm.messages import Inbox, PerEdge, Scored, message_bits, plain
 
 
 class Context(NamedTuple):
@@ -259,6 +263,48 @@ def _cost_server(outbox, ctx: Context):
     return uploads, message_bits(reply)[0] * ctx.peers.shape[0]
 
 
+# ------------------------------------------------------------------ hierarchy
+
+
+class Tiered(NamedTuple):
+    """An upload to a two-level server (``hierarchy`` exchange)."""
+
+    value: Any  # the upload
+    group: jax.Array  # () int32 the sender's group (party), < n
+    share: jax.Array  # () float: multiplies the sender's weight (0: left out)
+
+
+class Tiers(NamedTuple):
+    group: Any  # the weighted mean over the receiver's group
+    total: Any  # the weighted mean over everyone
+
+
+def _deliver_hierarchy(outbox, ctx: Context) -> Tiers:
+    up = plain(outbox)
+    w = ctx.weights * up.share
+    group_w = jax.ops.segment_sum(w, up.group, ctx.n)  # (n,): groups are < n
+
+    def lead(x, leaf):  # (m,) -> (m, 1, ...) in the leaf's dtype
+        return x.astype(leaf.dtype).reshape((-1,) + (1,) * (leaf.ndim - 1))
+
+    def group_mean(leaf):  # full participation: receiver i is sender i
+        sums = jax.ops.segment_sum(lead(w, leaf) * leaf, up.group, ctx.n)
+        gw = lead(group_w, leaf)
+        return (sums / jnp.where(gw > 0, gw, 1))[up.group]
+
+    def total_mean(leaf):
+        total = jnp.sum(lead(w, leaf) * leaf, 0) / jnp.maximum(jnp.sum(w), 1e-30)
+        return jnp.broadcast_to(total, leaf.shape)
+
+    return Tiers(jax.tree.map(group_mean, up.value), jax.tree.map(total_mean, up.value))
+
+
+def _cost_hierarchy(outbox, ctx: Context):
+    bits = message_bits(outbox)
+    reply = jax.tree.map(lambda x: x[:1], plain(outbox).value)
+    return _scatter(bits, ctx), message_bits(reply)[0] * jnp.sum(bits > 0)
+
+
 # ------------------------------------------------------------------ coordinator
 
 
@@ -297,6 +343,7 @@ EXCHANGES = {
     "gather": Exchange(_deliver_gather, _cost_broadcast, needs_table=True),
     "edge": Exchange(_deliver_edge, _cost_edge, True, _edge_messages),
     "server": Exchange(_deliver_server, _cost_server),
+    "hierarchy": Exchange(_deliver_hierarchy, _cost_hierarchy),
     "coordinator": Exchange(
         _deliver_coordinator, _cost_coordinator, prepare=_prepare_coordinator
     ),

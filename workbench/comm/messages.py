@@ -44,10 +44,9 @@ class Scored(NamedTuple):
 
 
 def sent_if(message: PyTree, sent) -> Coded:
-    """``message`` costing its full size if ``sent`` (a () bool), else 0 bits."""
-    values = plain(message)
-    bits = message_bits(values, batch_dims=0)
-    return Coded(values, jnp.where(sent, bits, 0.0))
+    """``message`` costing its bits if ``sent`` (a () bool), else 0 bits."""
+    bits = message_bits(message, batch_dims=0)  # a Coded part: its own bits
+    return Coded(plain(message), jnp.where(sent, bits, 0.0))
 
 
 def _is_coded(x) -> bool:
@@ -80,3 +79,11 @@ def message_bits(outbox: PyTree, batch_dims: int = 1) -> jax.Array:
 
     parts = jax.tree.leaves(jax.tree.map(bits, outbox, is_leaf=_is_coded))
     return sum(parts[1:], parts[0]) if parts else jnp.zeros(())
+
+
+class Inbox(NamedTuple):
+    """What a ``gather`` or ``edge`` exchange delivers to one peer."""
+
+    messages: PyTree  # leaves (k, ...): column c came from topo.idx[c]
+    weight: jax.Array  # (k,) W_ij
+    mask: jax.Array  # (k,) bool: a real in-neighbour (column 0, self, is False)
