@@ -34,11 +34,15 @@ def pytest_configure(config):
     reexec_with_huge_pages()
     if capture is not None:
         capture.start_global_capturing()
-    config.compilation_cache = tempfile.mkdtemp(prefix="workbench-tests-xla-")
-    jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker: the controller's cache
+        cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    else:
+        cache = tempfile.mkdtemp(prefix="workbench-tests-xla-")
+        config.compilation_cache = cache
+    jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     # subprocesses (cluster nodes, a killed run's resume) share the cache
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = config.compilation_cache
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 
 

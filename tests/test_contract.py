@@ -19,7 +19,7 @@ from workbench.algorithms import ALGORITHMS
 from workbench.algorithms.base import Inbox
 from workbench.clock import build_clock, init_clocked, needs_clock
 from workbench.comm import from_matrix
-from workbench.comm.exchange import EXCHANGES, Context
+from workbench.comm.exchange import EXCHANGES, Context, Decision, Tiered
 from workbench.comm.kernels import as_table
 from workbench.comm.messages import Coded
 from workbench.keys import LOCAL, round_key
@@ -186,6 +186,28 @@ def as_dense(inbox: Inbox, ctx: Context, values) -> np.ndarray:
     return out
 
 
+GROUP = jnp.asarray([0, 1, 0, 1, 2], jnp.int32)
+SHARE = jnp.asarray([1.0, 1.0, 1.0, 0.0, 1.0])  # peer 3 is left out
+TAKEN = np.array([True, False, True, False, False])
+
+
+def decide(uploads, weights, key):
+    """A coordinator that takes peers 0 and 2 and replies with their sum."""
+    del weights, key
+    return Decision(jnp.sum(uploads[TAKEN], 0), jnp.asarray(TAKEN))
+
+
+def outbox_for(name: str, kernel: str = "dense"):
+    """(outbox, context) for exchange ``name`` on X: the structured exchanges
+    take their own outbox types and the algorithm's decision function."""
+    ctx = context(kernel)
+    if name == "hierarchy":
+        return Tiered(jnp.asarray(X), GROUP, SHARE), ctx
+    if name == "coordinator":
+        return jnp.asarray(X), ctx._replace(aggregate=decide)
+    return jnp.asarray(X), ctx
+
+
 @pytest.fixture(params=sorted(EXCHANGES))
 def exchange_name(request):
     return request.param
@@ -193,8 +215,8 @@ def exchange_name(request):
 
 @pytest.mark.parametrize("kernel", ["dense", "segment"])
 def test_exchange_delivery_matches_dense_reference(exchange_name, kernel):
-    ctx = context(kernel)
-    inbox, _, _ = EXCHANGES[exchange_name].run(jnp.asarray(X), ctx)
+    outbox, ctx = outbox_for(exchange_name, kernel)
+    inbox, _, _ = EXCHANGES[exchange_name].run(outbox, ctx)
     off = DIRECTED * (1 - np.eye(N))
     if exchange_name == "average":
         np.testing.assert_allclose(inbox, DIRECTED @ X, rtol=1e-5, atol=1e-6)
@@ -212,15 +234,32 @@ def test_exchange_delivery_matches_dense_reference(exchange_name, kernel):
                     j = idx[i, c]
                     noise = messages[i, c] - (X[j] * (j + 1) + i)
                     assert np.abs(noise).max() > 0  # symmetry: the ring test below
+    elif exchange_name == "hierarchy":
+        groups = [(X[0] + X[2]) / 2, X[1], (X[0] + X[2]) / 2, X[1], X[4]]
+        np.testing.assert_allclose(inbox.group, np.stack(groups), rtol=1e-6)
+        total = X[[0, 1, 2, 4]].mean(0)
+        np.testing.assert_allclose(
+            inbox.total, np.broadcast_to(total, (N, D)), rtol=1e-6
+        )
+    elif exchange_name == "coordinator":
+        np.testing.assert_allclose(
+            inbox, np.broadcast_to(X[0] + X[2], (N, D)), rtol=1e-6
+        )
     else:
         np.testing.assert_allclose(inbox, np.broadcast_to(X.mean(0), (N, D)), rtol=1e-6)
 
 
 def test_exchange_costs_count_real_deliveries(exchange_name):
-    ctx = context("dense")
-    _, sent, server = EXCHANGES[exchange_name].run(jnp.asarray(X), ctx)
+    outbox, ctx = outbox_for(exchange_name)
+    _, sent, server = EXCHANGES[exchange_name].run(outbox, ctx)
     bits = D * 32
-    if exchange_name == "server":
+    if exchange_name == "hierarchy":  # the value, its group and share; each replied
+        np.testing.assert_array_equal(sent, np.full(N, bits + 64))
+        assert float(server) == N * bits
+    elif exchange_name == "coordinator":  # only the taken pay; the reply to them
+        np.testing.assert_array_equal(sent, TAKEN * bits)
+        assert float(server) == 2 * bits
+    elif exchange_name == "server":
         np.testing.assert_array_equal(sent, np.full(N, bits))
         assert float(server) == N * bits
     else:

@@ -88,6 +88,18 @@ def test_threshold_zero_is_fedavg_with_tau_b():
     np.testing.assert_array_equal(np.asarray(traffic.server), 8 * 136.0)
 
 
+def test_a_compressed_drift_costs_the_compressor_bits():
+    from workbench.compression import COMPRESSORS
+
+    link = COMPRESSORS.build({"name": "threshold_2bit", "threshold": 0.5}, "c")
+    state, traffic = run(dyn(0.0, 2, compressor=link), 3, 2)
+    # 2 bits for the drift, 64 for the priority
+    np.testing.assert_array_equal(np.asarray(traffic.sent), 66.0)
+    # every round a full sync to r + mean(q): moves of +-0.5 or 0 averaged
+    steps = np.asarray(state.reference) / (0.5 / 8)
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-9)
+
+
 def test_infinite_threshold_never_communicates():
     period, rounds = 2, 5
     state, traffic = run(dyn(np.inf, period), rounds, period)
@@ -125,7 +137,8 @@ def test_balancing_takes_the_fewest_clients_in_order():
     # the combine: taken peers move to r + mean drift, peer 1 keeps its model
     alg = dynamic_averaging(quadratic_loss, optax.sgd(LR), 1.0)
     x = jnp.asarray([2.0, -0.5, 0.1, 0.3]) + 1.0  # the reference is 1
-    state = DynState(x, jnp.ones(4), jnp.asarray([-1.0, 0.7, 0.2, 0.5]), jnp.zeros(4))
+    pri = jnp.asarray([-1.0, 0.7, 0.2, 0.5])
+    state = DynState(x, jnp.ones(4), pri, (), jnp.zeros(4))
     new = jax.vmap(alg.combine, (0, 0, None))(state, reply, None)
     np.testing.assert_allclose(np.asarray(new.params), [1.8, 0.5, 1.8, 1.8])
     np.testing.assert_array_equal(np.asarray(new.reference), 1.0)

@@ -160,6 +160,24 @@ def test_fedprox_takes_the_proximal_steps():
     assert abs(x - plain) > 1e-2  # the proximal term changed the result
 
 
+def test_compressed_uploads_are_the_updates_through_the_compressor():
+    """2-bit uploads of y_i - x with each client's residual, by hand."""
+    from workbench.compression import COMPRESSORS
+
+    tau_q, tau = 0.3, 2
+    link = COMPRESSORS.build({"name": "threshold_2bit", "threshold": tau_q}, "c")
+    make = functools.partial(fedavg, weighting="uniform", compressor=link)
+    x, r = 0.0, np.zeros(8)
+    for rounds in range(1, 5):
+        v = local_gd(x, tau) - x + r
+        q = tau_q * np.sign(v) * (np.abs(v) >= tau_q)
+        r = v - q
+        x = x + q.mean()
+        state = run(make, W, A, B, LR, rounds, local_steps=tau)
+        np.testing.assert_allclose(np.asarray(state.params), x, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(state.link.residual), r, rtol=1e-9)
+
+
 # ------------------------------------------------------------ robust aggregation
 
 

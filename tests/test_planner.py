@@ -1,6 +1,7 @@
 """Execution planning: memory estimates, the budget, peak memory, compile cache."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,13 @@ def test_auto_chunks_the_peers_to_fit_the_budget_with_the_same_numbers(tmp_path)
         assert chosen[key] == pytest.approx(plain[key], rel=1e-5), key
 
 
+def without_cache_env() -> dict:
+    """The environment minus the test session's own compilation cache
+    (tests/conftest.py passes it to subprocesses), so the scenario's is used."""
+    drop = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
 def test_compilation_cache_is_written_and_reused(tmp_path):
     """In subprocesses: the cache is process-wide configuration."""
     cache = tmp_path / "cache"
@@ -128,6 +136,7 @@ def test_compilation_cache_is_written_and_reused(tmp_path):
             capture_output=True,
             text=True,
             timeout=300,
+            env=without_cache_env(),
         )
         assert done.returncode == 0, done.stderr
         if out == "a":

@@ -20,7 +20,9 @@ Delta = 0 is FedAvg with tau = b (every client moves, so every round is a full
 synchronisation); Delta = inf never communicates. The random order is each
 client's own draw, sent with its drift: the coordinator's reply is one value
 for all (the mean drift, the largest priority it took, whether it was a full
-sync), from which each client tells whether it was in B.
+sync), from which each client tells whether it was in B. With a
+``compressor`` (dyn-fed's ``uniform`` L-level quantization) the drift goes
+out compressed; the check itself uses the exact drift.
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ from workbench.algorithms.base import (
     RoundStructure,
     local_steps,
 )
+from workbench.algorithms.compressed import CompressorSpec, build_compressor
 from workbench.algorithms.registry import ALGORITHMS
 from workbench.comm.exchange import Decision
+from workbench.comm.messages import Coded
+from workbench.compression import Compressor
 from workbench.errors import ScenarioError
 
 Divergence = Literal["global", "layer_max"]
@@ -50,6 +55,7 @@ class DynState(NamedTuple):
     params: PyTree  # x_i: this client's model
     reference: PyTree  # r: the last full synchronisation (the same everywhere)
     priority: jax.Array  # () this round's place in the balancing order (-1: violator)
+    link: PyTree  # the upload compressor's state (its residual; () without one)
     loss: jax.Array  # () mean training loss of the last local steps
 
 
@@ -118,11 +124,13 @@ def dynamic_averaging(
     kind: Divergence = "global",
     balancing: bool = True,
     weighting: Literal["uniform", "data_size"] = "uniform",
+    compressor: Compressor | None = None,
 ) -> Algorithm:
     def init(params, key):
         del key
         reference = jax.tree.map(jnp.copy, params)  # its own buffer (donation)
-        return DynState(params, reference, jnp.zeros(()), jnp.zeros(()))
+        link = compressor.init(params) if compressor else ()
+        return DynState(params, reference, jnp.zeros(()), link, jnp.zeros(()))
 
     def local(state, batches, topo, key):
         del topo
@@ -131,8 +139,14 @@ def dynamic_averaging(
         )
         drift = jax.tree.map(jnp.subtract, params, state.reference)
         violates = divergence(kind, drift) > threshold
-        pri = jnp.where(violates, VIOLATOR, jax.random.uniform(key))
-        return state._replace(params=params, priority=pri, loss=loss), Check(drift, pri)
+        kp, kc = jax.random.split(key)
+        pri = jnp.where(violates, VIOLATOR, jax.random.uniform(kp))
+        link = state.link
+        if compressor:
+            q, link, bits = compressor.apply(drift, state.link, kc)
+            drift = Coded(q, bits)
+        state = state._replace(params=params, priority=pri, link=link, loss=loss)
+        return state, Check(drift, pri)
 
     def combine(state, reply: Reply, topo):
         del topo
@@ -161,11 +175,14 @@ def _dynamic_averaging(
     divergence: Divergence = "global",
     balancing: bool = True,
     weighting: Literal["uniform", "data_size"] = "uniform",
+    compressor: CompressorSpec | None = None,
 ) -> Algorithm:
     if threshold < 0:
         raise ScenarioError("algorithm.threshold", f"must be >= 0, got {threshold}")
     if period < 1:
         raise ScenarioError("algorithm.period", f"must be >= 1, got {period}")
+    link = build_compressor(compressor) if compressor is not None else None
     return dynamic_averaging(
-        loss_fn, optimizer(period), threshold, period, divergence, balancing, weighting
-    )
+        loss_fn, optimizer(period), threshold, period, divergence, balancing,
+        weighting, link,
+    )  # fmt: skip

@@ -6,7 +6,10 @@ by data size n_i / sum n, or by the softmax of the clients' training losses;
 or a robust AGGREGATORS entry) and takes one step of its server optimizer on
 the pseudo-gradient ``x - aggregate`` (plain FedAvg: sgd with lr 1, x <- the
 aggregate; FedAvgM, FedAdam, FedYogi, FedAdagrad: SERVER_OPTIMIZERS). FedProx
-adds ``mu/2 ||w - x||^2`` to the local loss. Clients are stateless: their
+adds ``mu/2 ||w - x||^2`` to the local loss. With a ``compressor`` (e.g.
+dyn-fed's ``uniform`` L-level quantization) a client uploads its compressed
+update w - x instead of its model; an error-feedback residual is the one
+piece of client state kept across rounds. Otherwise clients are stateless: their
 local optimizer state restarts every round, as in FedJAX and Flower. Every
 peer holds a copy of the server's model and optimizer state; the copies stay
 equal because every peer applies the same step to the same aggregate.
@@ -27,8 +30,10 @@ from workbench.algorithms.base import (
     RoundStructure,
     local_steps,
 )
+from workbench.algorithms.compressed import CompressorSpec, build_compressor
 from workbench.algorithms.registry import AGGREGATORS, ALGORITHMS, SERVER_OPTIMIZERS
-from workbench.comm.messages import Scored
+from workbench.comm.messages import Coded, Scored
+from workbench.compression import Compressor
 from workbench.errors import ScenarioError
 
 Weighting = Literal["uniform", "data_size", "loss"]
@@ -38,6 +43,7 @@ class FedAvgState(NamedTuple):
     params: PyTree  # the global model as this client last received it
     loss: jax.Array  # () mean training loss of the last local steps
     server: PyTree  # the server optimizer's state (the same on every peer)
+    link: PyTree  # the upload compressor's state (its residual; () without one)
 
 
 def proximal(loss_fn: LossFn, mu: float, anchor: PyTree) -> LossFn:
@@ -66,6 +72,7 @@ def fedavg(
     server_opt: optax.GradientTransformation | None = None,
     mu: float = 0.0,
     aggregate=None,
+    compressor: Compressor | None = None,
 ) -> Algorithm:
     """FedAvg: ``steps`` local steps on a ``client_fraction`` of the clients,
     whose models the server aggregates (``weighting``, or ``aggregate``) and
@@ -74,19 +81,27 @@ def fedavg(
 
     def init(params, key):
         del key
-        return FedAvgState(params, jnp.zeros(()), server_opt.init(params))
+        link = compressor.init(params) if compressor else ()
+        return FedAvgState(params, jnp.zeros(()), server_opt.init(params), link)
 
     def local(state, batches, topo, key):
-        del topo, key
+        del topo
         objective = proximal(loss_fn, mu, state.params) if mu else loss_fn
         params, _, loss = local_steps(
             objective, local_opt, state.params, local_opt.init(state.params), batches
         )
-        upload = Scored(params, loss) if weighting == "loss" else params
-        return state._replace(loss=loss), upload
+        upload, link = params, state.link
+        if compressor:
+            update = jax.tree.map(jnp.subtract, params, state.params)
+            q, link, bits = compressor.apply(update, state.link, key)
+            upload = Coded(q, bits)
+        upload = Scored(upload, loss) if weighting == "loss" else upload
+        return state._replace(loss=loss, link=link), upload
 
     def combine(state, inbox, topo):
         del topo
+        if compressor:  # the aggregate of the updates
+            inbox = jax.tree.map(jnp.add, state.params, inbox)
         pseudo = jax.tree.map(lambda g, avg: g - avg, state.params, inbox)
         updates, server = server_opt.update(pseudo, state.server, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -126,6 +141,7 @@ def _fedavg(
     weighting: Weighting = "data_size",
     server_optimizer: dict | None = None,
     aggregator: dict | None = None,
+    compressor: CompressorSpec | None = None,
 ) -> Algorithm:
     opt, aggregate = _server_parts(server_lr, server_optimizer, aggregator)
     return fedavg(
@@ -137,6 +153,7 @@ def _fedavg(
         weighting=weighting,
         server_opt=opt,
         aggregate=aggregate,
+        compressor=build_compressor(compressor) if compressor else None,
     )
 
 
@@ -152,6 +169,7 @@ def _fedprox(
     weighting: Weighting = "data_size",
     server_optimizer: dict | None = None,
     aggregator: dict | None = None,
+    compressor: CompressorSpec | None = None,
 ) -> Algorithm:
     if mu < 0:
         raise ScenarioError("algorithm.mu", f"must be >= 0, got {mu}")
@@ -166,4 +184,5 @@ def _fedprox(
         server_opt=opt,
         mu=mu,
         aggregate=aggregate,
+        compressor=build_compressor(compressor) if compressor else None,
     )

@@ -36,10 +36,11 @@ from workbench.algorithms.base import (
     RoundStructure,
     local_steps,
 )
+from workbench.algorithms.compressed import CompressorSpec, build_compressor
 from workbench.algorithms.registry import ALGORITHMS
 from workbench.comm.exchange import Tiered, Tiers
 from workbench.comm.messages import Coded, sent_if
-from workbench.compression import COMPRESSORS, Compressor, identity
+from workbench.compression import Compressor, identity
 from workbench.errors import ScenarioError
 
 
@@ -153,7 +154,7 @@ def _hierarchical(
     parties: int = 2,
     kappa2: int = 1,
     local_steps: int = 1,
-    compressor: dict | None = None,
+    compressor: CompressorSpec | None = None,
     central_trains: bool = True,
     weighting: Literal["uniform", "data_size"] = "data_size",
 ) -> Algorithm:
@@ -162,9 +163,7 @@ def _hierarchical(
             "algorithm.parties",
             f"parties and kappa2 must be >= 1, got {parties}, {kappa2}",
         )
-    link = None
-    if compressor is not None:
-        link = COMPRESSORS.build(dict(compressor), "algorithm.compressor")
+    link = build_compressor(compressor) if compressor is not None else None
     return hierarchical(
         loss_fn,
         optimizer(local_steps),
