@@ -3,6 +3,8 @@ ETRI CPU files run and send what their edge schedules say."""
 
 import csv
 
+import pytest
+
 from workbench.runner import run
 
 
@@ -58,3 +60,42 @@ def test_etri_cpu_files_run_and_send_what_their_schedule_says(tmp_path):
         ).summary
         assert summary["bytes_sent_total"] == vectors * 4 * summary["num_params"], name
         assert float(final(tmp_path / name)["test_acc_mean"]) > 0.1, name
+
+
+def _acc(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [float(r["test_acc_mean"]) for r in csv.DictReader(f)]
+
+
+def test_hips_cpu_with_one_party_and_a_plain_link_is_fedavg(tmp_path):
+    fast = ["rounds=4", "eval_every=2"]
+    plain = ["algorithm.parties=1", "algorithm.compressor.name=identity"]
+    run("scenarios/hips_cpu.yaml", [*fast, *plain], out=str(tmp_path / "h"),
+        progress=False)  # fmt: skip
+    fedavg = ["algorithm.name=fedavg", "algorithm.local_steps=5"]
+    run("scenarios/hips_cpu.yaml", [*fast, *fedavg], out=str(tmp_path / "f"),
+        progress=False)  # fmt: skip
+    hips, ref = _acc(tmp_path / "h"), _acc(tmp_path / "f")
+    assert len(hips) == 2 and hips == pytest.approx(ref, abs=1e-6)
+    # the shipped 2-bit link against a plain one: in each of the 2 global
+    # rounds the 3 party leaders send 2 bits instead of 32 per parameter
+    shipped = run("scenarios/hips_cpu.yaml", fast, out=str(tmp_path / "s"),
+                  progress=False).summary  # fmt: skip
+    wide = run("scenarios/hips_cpu.yaml", [*fast, "algorithm.compressor.name=identity"],
+               out=str(tmp_path / "w"), progress=False).summary  # fmt: skip
+    saved = 2 * 3 * (32 - 2) * shipped["num_params"] / 8
+    assert wide["bytes_sent_total"] - shipped["bytes_sent_total"] == saved
+
+
+def test_dynfed_cpu_sends_nothing_at_an_infinite_threshold(tmp_path):
+    fast = ["rounds=6", "eval_every=3"]
+    summary = run("scenarios/dynfed_cpu.yaml", [*fast, "algorithm.threshold=.inf"],
+                  out=str(tmp_path / "inf"), progress=False).summary  # fmt: skip
+    assert summary["bytes_sent_total"] == 0.0
+    shipped = run("scenarios/dynfed_cpu.yaml", fast, out=str(tmp_path / "d"),
+                  progress=False).summary  # fmt: skip
+    # someone drifts past 0.1, but not everyone in every round: less than six
+    # full syncs (16 uploads of model + priority, 16 replies of model + cut + flag)
+    p = shipped["num_params"]
+    full = 6 * 16 * ((4 * p + 4) + (4 * p + 4 + 1))
+    assert 0 < shipped["bytes_sent_total"] < full
