@@ -59,6 +59,8 @@ def test_entries_show_keyword_arguments_defaults_and_types():
     text = catalog()
     assert _block(text, "partitions") == [
         "  class_subsets(classes: int = 8)",
+        "  contiguous(order: 'label'|'random' = 'label', swaps: float = 0.0, "
+        "cuts: 'equal'|'random' = 'equal', min_size: int = 1)",
         "  dirichlet(alpha: float = 0.5, min_size: int = 1)",
         "  iid",
         "  natural",

@@ -351,6 +351,33 @@ def test_partition_disjoint_cover_and_seeded(name):
     assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
+def test_contiguous_splits_like_the_dyn_fed_seed():
+    # sorted by label, equal cuts: peer i holds exactly class i
+    parts = run_partition({"name": "contiguous"})
+    for i, p in enumerate(parts):
+        np.testing.assert_array_equal(LABELS[p], i)
+    # 0.1 N pair swaps move at most 2 x 100 samples out of place
+    mixed = run_partition({"name": "contiguous", "swaps": 0.1})
+    moved = sum(int(np.sum(LABELS[p] != i)) for i, p in enumerate(mixed))
+    assert 0 < moved <= 200
+    # random cut points: unbalanced sizes, each at least min_size, all used
+    sizes = [len(p) for p in run_partition(
+        {"name": "contiguous", "order": "random", "cuts": "random", "min_size": 20}
+    )]  # fmt: skip
+    assert sum(sizes) == 1000 and min(sizes) >= 20 and max(sizes) > 2 * min(sizes)
+
+
+def test_random_sizes_are_uniform_compositions():
+    from workbench.data.partition import random_sizes
+
+    rng = np.random.default_rng(0)
+    draws = np.array([random_sizes(6, 3, 1, rng) for _ in range(3000)])
+    assert (draws.sum(1) == 6).all() and draws.min() >= 1
+    # the 10 compositions of 6 into 3 positive parts, each ~1/10 of the draws
+    counts = np.unique(draws, axis=0, return_counts=True)[1]
+    assert len(counts) == 10 and counts.min() > 220 and counts.max() < 380
+
+
 def label_skew(parts, labels=LABELS, classes=10) -> float:
     """Mean total-variation distance of peers' label histograms to uniform."""
     tvs = [

@@ -15,11 +15,18 @@ scenario section ``data.partition`` names one: ``{name: dirichlet, alpha: 0.1}``
 - ``class_subsets``: peer i holds ``classes`` of the C classes, the window
   starting at class i * floor(C / n) (wrapping); each class is split evenly
   among the peers holding it (the ETRI seed: 3 peers, 8 of 10 classes each).
+- ``contiguous``: the dataset in one order, cut into consecutive parts (the
+  dyn-fed seed's splits): ``order: label`` sorts by label (non-IID), then
+  swaps ``swaps`` x N random pairs of positions; ``order: random`` shuffles.
+  ``cuts: equal`` gives near-equal parts; ``cuts: random`` draws the n - 1
+  cut points uniformly (unbalanced), every part at least ``min_size``.
 - ``natural``: the dataset's own groups (FEMNIST writers, Synthetic users),
   dealt round-robin to peers.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 
@@ -153,6 +160,49 @@ def class_subsets(labels, num_peers, rng, groups, classes: int = 8) -> list[np.n
         for peer, chunk in zip(owners, np.array_split(idx, len(owners)), strict=True):
             parts[peer].append(chunk)
     return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
+
+
+def random_sizes(total: int, n: int, min_size: int, rng) -> np.ndarray:
+    """n sizes >= min_size summing to ``total``: uniform cut points (stars and bars)."""
+    free = total - n * min_size
+    cuts = np.sort(rng.choice(free + n - 1, size=n - 1, replace=False))
+    gaps = np.diff(np.concatenate([[-1], cuts, [free + n - 1]])) - 1
+    return gaps + min_size
+
+
+@PARTITIONERS.register("contiguous")
+def contiguous(
+    labels,
+    num_peers,
+    rng,
+    groups,
+    order: Literal["label", "random"] = "label",
+    swaps: float = 0.0,
+    cuts: Literal["equal", "random"] = "equal",
+    min_size: int = 1,
+) -> list[np.ndarray]:
+    """The samples in ``order`` (with ``swaps`` x N pair swaps), cut in turn."""
+    del groups
+    _check_peers(labels, num_peers)
+    total = len(labels)
+    _need(swaps >= 0, "swaps", f"must be >= 0, got {swaps}")
+    _need(
+        1 <= min_size <= total // num_peers,
+        "min_size",
+        f"must be in 1..{total // num_peers} ({total} samples, {num_peers} peers), "
+        f"got {min_size}",
+    )
+    if order == "label":
+        idx = np.argsort(labels, kind="stable")
+    else:
+        idx = rng.permutation(total)
+    pairs = rng.integers(0, total, size=(int(round(swaps * total)), 2))
+    for a, b in pairs:
+        idx[a], idx[b] = idx[b], idx[a]
+    if cuts == "equal":
+        return np.array_split(idx, num_peers)
+    sizes = random_sizes(total, num_peers, min_size, rng)
+    return np.split(idx, np.cumsum(sizes)[:-1])
 
 
 @PARTITIONERS.register("natural")
