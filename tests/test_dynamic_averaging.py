@@ -100,6 +100,20 @@ def test_a_compressed_drift_costs_the_compressor_bits():
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-9)
 
 
+def test_the_delta_switch_makes_every_round_a_full_sync():
+    """Delta = 2: from x = 0 the first rounds violate only at some clients;
+    a huge switch fires at the first full sync, after which every client
+    sends every round."""
+    period, rounds = 1, 8
+    base, t_base = run(dyn(2.0, period), rounds, period)
+    state, traffic = run(dyn(2.0, period, switch=1e9), rounds, period)
+    full = np.asarray(traffic.server) == 8 * 136.0  # everyone taken
+    first = int(np.argmax(full))
+    assert full.any() and full[first:].all() and bool(state.switched[0])
+    assert not np.asarray(t_base.server == 8 * 136.0)[first:].all()
+    assert not bool(base.switched[0])
+
+
 def test_infinite_threshold_never_communicates():
     period, rounds = 2, 5
     state, traffic = run(dyn(np.inf, period), rounds, period)
@@ -138,7 +152,7 @@ def test_balancing_takes_the_fewest_clients_in_order():
     alg = dynamic_averaging(quadratic_loss, optax.sgd(LR), 1.0)
     x = jnp.asarray([2.0, -0.5, 0.1, 0.3]) + 1.0  # the reference is 1
     pri = jnp.asarray([-1.0, 0.7, 0.2, 0.5])
-    state = DynState(x, jnp.ones(4), pri, (), jnp.zeros(4))
+    state = DynState(x, jnp.ones(4), pri, (), jnp.zeros(4, bool), jnp.zeros(4))
     new = jax.vmap(alg.combine, (0, 0, None))(state, reply, None)
     np.testing.assert_allclose(np.asarray(new.params), [1.8, 0.5, 1.8, 1.8])
     np.testing.assert_array_equal(np.asarray(new.reference), 1.0)

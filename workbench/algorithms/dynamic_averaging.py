@@ -22,7 +22,10 @@ client's own draw, sent with its drift: the coordinator's reply is one value
 for all (the mean drift, the largest priority it took, whether it was a full
 sync), from which each client tells whether it was in B. With a
 ``compressor`` (dyn-fed's ``uniform`` L-level quantization) the drift goes
-out compressed; the check itself uses the exact drift.
+out compressed; the check itself uses the exact drift. ``switch`` is the
+seed's delta switch: once a full sync moves the first tensor (the first
+layer) by less than ``switch`` in squared norm, every client sends every
+round from then on (a full sync each round: FedAvg with tau = b).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class DynState(NamedTuple):
     reference: PyTree  # r: the last full synchronisation (the same everywhere)
     priority: jax.Array  # () this round's place in the balancing order (-1: violator)
     link: PyTree  # the upload compressor's state (its residual; () without one)
+    switched: jax.Array  # () bool: the delta switch fired (a full sync every round)
     loss: jax.Array  # () mean training loss of the last local steps
 
 
@@ -125,12 +129,14 @@ def dynamic_averaging(
     balancing: bool = True,
     weighting: Literal["uniform", "data_size"] = "uniform",
     compressor: Compressor | None = None,
+    switch: float | None = None,
 ) -> Algorithm:
     def init(params, key):
         del key
         reference = jax.tree.map(jnp.copy, params)  # its own buffer (donation)
         link = compressor.init(params) if compressor else ()
-        return DynState(params, reference, jnp.zeros(()), link, jnp.zeros(()))
+        no = jnp.zeros((), bool)
+        return DynState(params, reference, jnp.zeros(()), link, no, jnp.zeros(()))
 
     def local(state, batches, topo, key):
         del topo
@@ -138,7 +144,7 @@ def dynamic_averaging(
             loss_fn, local_opt, state.params, local_opt.init(state.params), batches
         )
         drift = jax.tree.map(jnp.subtract, params, state.reference)
-        violates = divergence(kind, drift) > threshold
+        violates = (divergence(kind, drift) > threshold) | state.switched
         kp, kc = jax.random.split(key)
         pri = jnp.where(violates, VIOLATOR, jax.random.uniform(kp))
         link = state.link
@@ -155,9 +161,14 @@ def dynamic_averaging(
         pick = lambda cond, a, b: jax.tree.map(  # noqa: E731
             lambda x, y: jnp.where(cond, x, y), a, b
         )
+        switched = state.switched
+        if switch is not None:
+            first = jax.tree.leaves(reply.drift)[0]
+            switched = switched | (reply.full & (jnp.sum(first**2) < switch))
         return state._replace(
             params=pick(taken, synced, state.params),
             reference=pick(reply.full, synced, state.reference),
+            switched=switched,
         )
 
     rounds = RoundStructure(period, 1.0, weighting)
@@ -176,6 +187,7 @@ def _dynamic_averaging(
     balancing: bool = True,
     weighting: Literal["uniform", "data_size"] = "uniform",
     compressor: CompressorSpec | None = None,
+    switch: float | None = None,
 ) -> Algorithm:
     if threshold < 0:
         raise ScenarioError("algorithm.threshold", f"must be >= 0, got {threshold}")
@@ -184,5 +196,5 @@ def _dynamic_averaging(
     link = build_compressor(compressor) if compressor is not None else None
     return dynamic_averaging(
         loss_fn, optimizer(period), threshold, period, divergence, balancing,
-        weighting, link,
+        weighting, link, switch,
     )  # fmt: skip
