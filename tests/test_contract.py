@@ -253,8 +253,8 @@ def test_exchange_costs_count_real_deliveries(exchange_name):
     outbox, ctx = outbox_for(exchange_name)
     _, sent, server = EXCHANGES[exchange_name].run(outbox, ctx)
     bits = D * 32
-    if exchange_name == "hierarchy":  # the value, its group and share; each replied
-        np.testing.assert_array_equal(sent, np.full(N, bits + 64))
+    if exchange_name == "hierarchy":  # the value (group, share: the connection's)
+        np.testing.assert_array_equal(sent, np.full(N, bits))
         assert float(server) == N * bits
     elif exchange_name == "coordinator":  # only the taken pay; the reply to them
         np.testing.assert_array_equal(sent, TAKEN * bits)

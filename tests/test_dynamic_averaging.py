@@ -114,6 +114,18 @@ def test_the_delta_switch_makes_every_round_a_full_sync():
     assert not bool(base.switched[0])
 
 
+def test_the_residual_only_moves_when_the_coordinator_takes_the_drift():
+    from workbench.compression import COMPRESSORS
+
+    link = COMPRESSORS.build({"name": "threshold_2bit", "threshold": 0.25}, "c")
+    state, traffic = run(dyn(0.5, 1, compressor=link), 1, 1)
+    taken = np.asarray(traffic.sent)[0] > 0
+    residual = np.asarray(state.link.residual)
+    assert taken.any() and not taken.all()
+    np.testing.assert_array_equal(residual[~taken], 0.0)
+    assert np.abs(residual[taken]).max() > 0
+
+
 def test_infinite_threshold_never_communicates():
     period, rounds = 2, 5
     state, traffic = run(dyn(np.inf, period), rounds, period)
@@ -152,7 +164,7 @@ def test_balancing_takes_the_fewest_clients_in_order():
     alg = dynamic_averaging(quadratic_loss, optax.sgd(LR), 1.0)
     x = jnp.asarray([2.0, -0.5, 0.1, 0.3]) + 1.0  # the reference is 1
     pri = jnp.asarray([-1.0, 0.7, 0.2, 0.5])
-    state = DynState(x, jnp.ones(4), pri, (), jnp.zeros(4, bool), jnp.zeros(4))
+    state = DynState(x, jnp.ones(4), pri, (), (), jnp.zeros(4, bool), jnp.zeros(4))
     new = jax.vmap(alg.combine, (0, 0, None))(state, reply, None)
     np.testing.assert_allclose(np.asarray(new.params), [1.8, 0.5, 1.8, 1.8])
     np.testing.assert_array_equal(np.asarray(new.reference), 1.0)

@@ -192,14 +192,74 @@ def test_robust_aggregators_on_hand_picked_uploads():
     np.testing.assert_allclose(aggregate("median", ups), [2.5, 0.5])
     np.testing.assert_allclose(aggregate("trimmed_mean", ups, trim=1), [2.5, 0.5])
     np.testing.assert_allclose(aggregate("mean", ups), [26.5, 2.0])
-    # Krum, f = 1: each upload's score is the sum of its m - f - 2 = 1 nearest
-    # squared distances; [2, -3] and [3, 1] are closest (17), the outlier far
-    pts = np.asarray(ups)
-    d = ((pts[:, None] - pts[None]) ** 2).sum(-1) + np.diag([np.inf] * 4)
-    np.testing.assert_allclose(krum_scores(jnp.asarray(pts), 1), d.min(1))
-    np.testing.assert_allclose(aggregate("krum", ups, byzantine=1), [2.0, -3.0])
-    multi = aggregate("krum", ups, byzantine=1, select=2)
-    np.testing.assert_allclose(multi, [2.5, -1.0])
+    # Krum, f = 1 over 5 uploads: each score is the sum of the squared
+    # distances to the m - f - 2 = 2 nearest; [2.5, -2] scores 1.25 + 9.25
+    pts = np.array([[2.0, -3.0], [3.0, 1.0], [2.5, -2.0], [100.0, 0.0], [1.0, 10.0]])
+    d = ((pts[:, None] - pts[None]) ** 2).sum(-1) + np.diag([np.inf] * 5)
+    np.testing.assert_allclose(
+        krum_scores(jnp.asarray(pts), 1), [18.25, 26.25, 10.5, 18920.25, 231.25]
+    )
+    np.testing.assert_allclose(
+        np.sort(d, 1)[:, :2].sum(1), [18.25, 26.25, 10.5, 18920.25, 231.25]
+    )
+    np.testing.assert_allclose(aggregate("krum", pts, byzantine=1), [2.5, -2.0])
+    multi = aggregate("krum", pts, byzantine=1, select=2)
+    np.testing.assert_allclose(multi, [2.25, -2.5])
+
+
+def test_too_few_uploads_for_a_robust_rule_is_one_line():
+    trimmed = AGGREGATORS.build({"name": "trimmed_mean", "trim": 2}, "a")
+    krum = AGGREGATORS.build({"name": "krum", "byzantine": 1}, "a")
+    with pytest.raises(ScenarioError, match="algorithm.aggregator.trim: drops 2 x 2"):
+        trimmed(jnp.zeros((4, 3)), jnp.full(4, 0.25))
+    with pytest.raises(ScenarioError, match="algorithm.aggregator.byzantine"):
+        krum(jnp.zeros((4, 3)), jnp.full(4, 0.25))
+
+
+def test_krum_scores_stay_exact_for_large_nearby_models():
+    """Models far from 0 and close to each other: ||a||^2 + ||b||^2 - 2 a.b
+    cancels almost everything in float32 unless the rows are centred."""
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(False):
+        base = rng.normal(size=(1, 20000)) * 30
+        pts = base + rng.normal(size=(6, 20000)) * 0.01
+        pts[5] += 0.05  # the far one
+        got = np.asarray(krum_scores(jnp.asarray(pts, jnp.float32), 1))
+    d = ((pts[:, None] - pts[None]) ** 2).sum(-1) + np.diag([np.inf] * 6)
+    want = np.sort(d, 1)[:, :3].sum(1)
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+    assert np.argmax(got) == 5
+
+
+def test_a_compressed_update_is_not_mistaken_for_a_model():
+    from workbench.algorithms.fedavg import Update
+    from workbench.errors import WorkbenchError
+    from workbench.privacy.messages import model_part
+
+    params = {"w": jnp.zeros((3,))}
+    with pytest.raises(WorkbenchError, match="not its model"):
+        model_part(Update({"w": jnp.zeros((4, 3))}), params)
+
+
+def test_replicated_server_state_is_refused_on_the_clock():
+    from workbench.clock import build_clock
+
+    for spec in (
+        {"name": "fedavg", "server_optimizer": {"name": "adam"}},
+        {"name": "fedavg", "server_lr": 0.5},
+        {"name": "scaffold"},
+    ):
+        alg = ALGORITHMS.build(
+            spec, "algorithm", loss_fn=lambda p, b: 0.0,
+            optimizer=__import__("workbench.optim").optim.local_optimizer(0.1),
+        )  # fmt: skip
+        with pytest.raises(ScenarioError, match="copy of the server's state"):
+            build_clock(None, alg, spec["name"], 4, 0, 1.0, 1.0, {})
+    plain = ALGORITHMS.build(
+        {"name": "fedavg"}, "algorithm", loss_fn=lambda p, b: 0.0,
+        optimizer=lambda steps: optax.sgd(0.1),
+    )  # fmt: skip
+    build_clock(None, plain, "fedavg", 4, 0, 1.0, 1.0, {})  # plain FedAvg runs
 
 
 def test_fedavg_with_the_median_aggregates_the_median_client():

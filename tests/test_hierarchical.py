@@ -114,11 +114,11 @@ def test_two_bit_link_with_its_residual():
     x, anchor = reference(6, 2, 2, threshold=0.25)
     np.testing.assert_allclose(np.asarray(state.params), x, rtol=1e-12)
     np.testing.assert_allclose(np.asarray(state.anchor), anchor, rtol=1e-12)
-    # bits: every worker uploads (model, party, share: 64 + 32 + 32); in global
-    # rounds each party leader (peers 0, 1) adds 2 bits + 32 + 32
+    # bits: every worker uploads its model (64 bits); in global rounds each
+    # party leader (peers 0, 1) adds its 2-bit update
     sent = np.asarray(traffic.sent)
-    np.testing.assert_array_equal(sent[0], 128)  # a party round
-    np.testing.assert_array_equal(sent[1], [128 + 66, 128 + 66, 128, 128, 128, 128])
+    np.testing.assert_array_equal(sent[0], 64)  # a party round
+    np.testing.assert_array_equal(sent[1], [64 + 2, 64 + 2, 64, 64, 64, 64])
     # replies: the party means to 6 workers; the global model to 2 parties
     np.testing.assert_array_equal(np.asarray(traffic.server), [6 * 64, 8 * 64] * 3)
 
@@ -130,3 +130,14 @@ def test_the_central_party_can_sit_out():
     np.testing.assert_allclose(np.asarray(state.anchor), anchor, rtol=1e-12)
     # the central party's workers (peers 0 and 3) never upload
     assert float(np.asarray(traffic.sent)[:, [0, 3]].sum()) == 0.0
+
+
+def test_one_party_without_central_training_is_refused():
+    from workbench.algorithms import ALGORITHMS
+    from workbench.errors import ScenarioError
+
+    with pytest.raises(ScenarioError, match="algorithm.central_trains: with one"):
+        ALGORITHMS.build(
+            {"name": "hierarchical", "parties": 1, "central_trains": False},
+            "algorithm", loss_fn=quadratic_loss, optimizer=lambda s: optax.sgd(0.1),
+        )  # fmt: skip

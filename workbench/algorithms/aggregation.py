@@ -49,8 +49,10 @@ def _trimmed_mean(trim: int = 1):
         def one(leaf):
             m = leaf.shape[0]
             if 2 * trim >= m:
-                raise ValueError(
-                    f"trimmed_mean drops 2 x {trim} of {m} uploads: nothing is left"
+                raise ScenarioError(
+                    "algorithm.aggregator.trim",
+                    f"drops 2 x {trim} of the {m} uploads of a round: nothing is "
+                    f"left; use trim < {m / 2:g}",
                 )
             return jnp.sort(leaf, axis=0)[trim : m - trim].mean(0)
 
@@ -63,8 +65,10 @@ def krum_scores(flat: jax.Array, byzantine: int) -> jax.Array:
     """(m,) Krum score of each row of ``flat`` (m, d): the sum of squared
     distances to its m - f - 2 nearest other rows (at least one)."""
     m = flat.shape[0]
+    flat = flat - jnp.mean(flat, 0, keepdims=True)  # centred: less cancellation
     sq = jnp.sum(flat**2, 1)
-    dist = sq[:, None] + sq[None, :] - 2 * flat @ flat.T
+    gram = jnp.matmul(flat, flat.T, precision=jax.lax.Precision.HIGHEST)
+    dist = sq[:, None] + sq[None, :] - 2 * gram
     dist = jnp.where(jnp.eye(m, dtype=bool), jnp.inf, jnp.maximum(dist, 0.0))
     nearest = max(min(m - byzantine - 2, m - 1), 1) if m > 1 else 0
     return jnp.sort(dist, 1)[:, :nearest].sum(1)
@@ -82,6 +86,12 @@ def _krum(byzantine: int = 1, select: int = 1):
         del weights
         leaves = jax.tree.leaves(uploads)
         m = leaves[0].shape[0]
+        if m <= 2 * byzantine + 2:
+            raise ScenarioError(
+                "algorithm.aggregator.byzantine",
+                f"Krum needs more than 2 f + 2 = {2 * byzantine + 2} uploads per "
+                f"round, got {m}",
+            )
         flat = jnp.concatenate(
             [x.reshape(m, -1).astype(jnp.float32) for x in leaves], 1
         )

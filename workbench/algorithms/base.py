@@ -48,6 +48,10 @@ class RoundStructure(NamedTuple):
     # each busy peer averages with one random neighbour, who takes part even
     # when idle (AD-PSGD); the engine draws the pairs (workbench.clock.pairing)
     pairwise: bool = False
+    # every peer keeps a copy of server state (a server optimizer's moments,
+    # SCAFFOLD's c) that must see every round's aggregate: not on the clock,
+    # where only the peers that receive it combine
+    server_copies: bool = False
 
 
 def cohort_size(fraction: float, n: int) -> int:

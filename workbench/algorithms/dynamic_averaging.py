@@ -59,6 +59,7 @@ class DynState(NamedTuple):
     reference: PyTree  # r: the last full synchronisation (the same everywhere)
     priority: jax.Array  # () this round's place in the balancing order (-1: violator)
     link: PyTree  # the upload compressor's state (its residual; () without one)
+    pending: PyTree  # its state after this round's upload, kept only if taken
     switched: jax.Array  # () bool: the delta switch fired (a full sync every round)
     loss: jax.Array  # () mean training loss of the last local steps
 
@@ -136,7 +137,10 @@ def dynamic_averaging(
         reference = jax.tree.map(jnp.copy, params)  # its own buffer (donation)
         link = compressor.init(params) if compressor else ()
         no = jnp.zeros((), bool)
-        return DynState(params, reference, jnp.zeros(()), link, no, jnp.zeros(()))
+        pending = jax.tree.map(jnp.copy, link)
+        return DynState(
+            params, reference, jnp.zeros(()), link, pending, no, jnp.zeros(())
+        )
 
     def local(state, batches, topo, key):
         del topo
@@ -147,11 +151,11 @@ def dynamic_averaging(
         violates = (divergence(kind, drift) > threshold) | state.switched
         kp, kc = jax.random.split(key)
         pri = jnp.where(violates, VIOLATOR, jax.random.uniform(kp))
-        link = state.link
+        pending = state.pending
         if compressor:
-            q, link, bits = compressor.apply(drift, state.link, kc)
+            q, pending, bits = compressor.apply(drift, state.link, kc)
             drift = Coded(q, bits)
-        state = state._replace(params=params, priority=pri, link=link, loss=loss)
+        state = state._replace(params=params, priority=pri, pending=pending, loss=loss)
         return state, Check(drift, pri)
 
     def combine(state, reply: Reply, topo):
@@ -168,6 +172,7 @@ def dynamic_averaging(
         return state._replace(
             params=pick(taken, synced, state.params),
             reference=pick(reply.full, synced, state.reference),
+            link=pick(taken, state.pending, state.link),  # a residual of what was sent
             switched=switched,
         )
 

@@ -39,6 +39,12 @@ from workbench.errors import ScenarioError
 Weighting = Literal["uniform", "data_size", "loss"]
 
 
+class Update(NamedTuple):
+    """A compressed upload: the client's update w - x, not its model."""
+
+    delta: PyTree
+
+
 class FedAvgState(NamedTuple):
     params: PyTree  # the global model as this client last received it
     loss: jax.Array  # () mean training loss of the last local steps
@@ -77,6 +83,7 @@ def fedavg(
     """FedAvg: ``steps`` local steps on a ``client_fraction`` of the clients,
     whose models the server aggregates (``weighting``, or ``aggregate``) and
     steps to with ``server_opt`` (default sgd with ``server_lr``)."""
+    server_opt_given = server_opt
     server_opt = server_opt or optax.sgd(server_lr)
 
     def init(params, key):
@@ -94,21 +101,24 @@ def fedavg(
         if compressor:
             update = jax.tree.map(jnp.subtract, params, state.params)
             q, link, bits = compressor.apply(update, state.link, key)
-            upload = Coded(q, bits)
+            upload = Update(Coded(q, bits))
         upload = Scored(upload, loss) if weighting == "loss" else upload
         return state._replace(loss=loss, link=link), upload
 
     def combine(state, inbox, topo):
         del topo
         if compressor:  # the aggregate of the updates
-            inbox = jax.tree.map(jnp.add, state.params, inbox)
+            inbox = jax.tree.map(jnp.add, state.params, inbox.delta)
         pseudo = jax.tree.map(lambda g, avg: g - avg, state.params, inbox)
         updates, server = server_opt.update(pseudo, state.server, state.params)
         params = optax.apply_updates(state.params, updates)
         return state._replace(params=params, server=server)
 
     static = "uniform" if weighting == "loss" else weighting
-    rounds = RoundStructure(steps, client_fraction, static)
+    plain_server = server_opt_given is None and server_lr == 1.0
+    rounds = RoundStructure(
+        steps, client_fraction, static, server_copies=not plain_server
+    )
     return Algorithm(init, local, combine, "server", rounds, aggregate=aggregate)
 
 
@@ -125,8 +135,10 @@ def _server_parts(server_lr: float, server_optimizer, aggregator):
             dict(server_optimizer), "algorithm.server_optimizer"
         )
     aggregate = None
-    if aggregator is not None and dict(aggregator).get("name") != "mean":
+    if aggregator is not None:
         aggregate = AGGREGATORS.build(dict(aggregator), "algorithm.aggregator")
+        if dict(aggregator).get("name") == "mean":
+            aggregate = None  # the exchange's own weighted mean
     return opt, aggregate
 
 

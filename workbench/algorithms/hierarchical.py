@@ -98,19 +98,18 @@ def hierarchical(
         )
         on = trains(state)
         params = _where(on, params, state.params)
-        up = Tiered(params, party_of(state.peer), on.astype(jnp.float32))
+        up = Tiered(sent_if(params, on), party_of(state.peer), on.astype(jnp.float32))
         state = state._replace(
             params=params, loss=loss, stage=jnp.zeros_like(state.stage)
         )
-        return state, sent_if(up, on)
+        return state, up
 
     def resend(state, topo):
         del topo
         leader = state.peer < parties  # the lowest-numbered worker of its party
         on = trains(state)
-        q = Coded(state.update, state.bits)
-        up = Tiered(q, party_of(state.peer), on.astype(jnp.float32))
-        return sent_if(up, leader & on & is_global(state))
+        q = sent_if(Coded(state.update, state.bits), leader & on & is_global(state))
+        return Tiered(q, party_of(state.peer), on.astype(jnp.float32))
 
     def combine(state, inbox: Tiers, topo):
         del topo
@@ -162,6 +161,11 @@ def _hierarchical(
         raise ScenarioError(
             "algorithm.parties",
             f"parties and kappa2 must be >= 1, got {parties}, {kappa2}",
+        )
+    if parties == 1 and not central_trains:
+        raise ScenarioError(
+            "algorithm.central_trains",
+            "with one party every worker is in the central party: nobody would train",
         )
     link = build_compressor(compressor) if compressor is not None else None
     return hierarchical(

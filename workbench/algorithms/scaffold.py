@@ -95,7 +95,7 @@ def scaffold(
         control = jax.tree.map(lambda c, d: c + share * d, state.control, inbox.control)
         return state._replace(params=params, control=control)
 
-    rounds = RoundStructure(steps, client_fraction, "uniform")
+    rounds = RoundStructure(steps, client_fraction, "uniform", server_copies=True)
     return Algorithm(init, local, combine, "server", rounds)
 
 

@@ -5,7 +5,8 @@ a; the pseudo-gradient is ``x - a`` and the server applies one step of an
 optax transformation to it. ``sgd`` with lr 1 is plain FedAvg (x <- a); with
 ``momentum`` it is FedAvgM. ``adam``, ``yogi`` and ``adagrad`` are FedAdam,
 FedYogi and FedAdagrad, with optax's update rules (Adam's bias correction
-included); ``eps`` is the paper's adaptivity tau.
+included); for adam and yogi ``eps`` is the paper's adaptivity tau, for
+adagrad optax adds it under the square root.
 """
 
 from __future__ import annotations

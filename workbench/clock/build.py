@@ -74,6 +74,13 @@ def _check(cfg: ClockConfig, algorithm, name: str, topology_info: dict) -> None:
         )
     if algorithm.rounds.pairwise and exchange != "average":
         raise ScenarioError("algorithm.name", f"'{name}' pairs peers: needs 'average'")
+    if algorithm.rounds.server_copies:
+        raise ScenarioError(
+            "algorithm.name",
+            f"'{name}' keeps a copy of the server's state on every peer, which "
+            "must see every round's aggregate; on the clock only the peers that "
+            "receive it update their copy: drop the clock (or the server optimizer)",
+        )
     if exchange in ("coordinator", "hierarchy"):
         raise ScenarioError(
             "algorithm.name",

@@ -33,8 +33,9 @@ Entries:
 - ``hierarchy``: two levels of servers (hierarchical FL). The outbox is a
   :class:`Tiered` (the value, the sender's group, its share of the weight);
   peer i receives :class:`Tiers`: the weighted mean over its group and the
-  weighted mean over everyone. An upload costs its bits (``sent_if`` makes
-  one free), and each paid upload gets the reply's bits back.
+  weighted mean over everyone. An upload costs the bits of its value (the
+  group and share are the connection's, not payload; ``sent_if`` makes a
+  value free), and each paid upload gets the reply's bits back.
 - ``coordinator``: a server that decides whose uploads it takes (dynamic
   averaging): ``ctx.aggregate(uploads, weights, key) -> Decision``; only the
   uploads it takes cost their bits, and its reply (one value for everyone,
@@ -300,7 +301,7 @@ def _deliver_hierarchy(outbox, ctx: Context) -> Tiers:
 
 
 def _cost_hierarchy(outbox, ctx: Context):
-    bits = message_bits(outbox)
+    bits = message_bits(outbox.value)
     reply = jax.tree.map(lambda x: x[:1], plain(outbox).value)
     return _scatter(bits, ctx), message_bits(reply)[0] * jnp.sum(bits > 0)
 
