@@ -142,6 +142,25 @@ def _server_parts(server_lr: float, server_optimizer, aggregator):
     return opt, aggregate
 
 
+def _family(loss_fn, optimizer, mu: float, local_steps: int, server_lr: float,
+            client_fraction: float, weighting: Weighting, server_optimizer,
+            aggregator, compressor) -> Algorithm:  # fmt: skip
+    """FedAvg or FedProx from the scenario's keys (the registry entries below)."""
+    opt, aggregate = _server_parts(server_lr, server_optimizer, aggregator)
+    return fedavg(
+        loss_fn,
+        optimizer(local_steps),
+        server_lr=server_lr,
+        steps=local_steps,
+        client_fraction=client_fraction,
+        weighting=weighting,
+        server_opt=opt,
+        mu=mu,
+        aggregate=aggregate,
+        compressor=build_compressor(compressor) if compressor else None,
+    )
+
+
 @ALGORITHMS.register("fedavg")
 def _fedavg(
     loss_fn,
@@ -155,18 +174,8 @@ def _fedavg(
     aggregator: dict | None = None,
     compressor: CompressorSpec | None = None,
 ) -> Algorithm:
-    opt, aggregate = _server_parts(server_lr, server_optimizer, aggregator)
-    return fedavg(
-        loss_fn,
-        optimizer(local_steps),
-        server_lr=server_lr,
-        steps=local_steps,
-        client_fraction=client_fraction,
-        weighting=weighting,
-        server_opt=opt,
-        aggregate=aggregate,
-        compressor=build_compressor(compressor) if compressor else None,
-    )
+    return _family(loss_fn, optimizer, 0.0, local_steps, server_lr, client_fraction,
+                   weighting, server_optimizer, aggregator, compressor)  # fmt: skip
 
 
 @ALGORITHMS.register("fedprox")
@@ -185,16 +194,5 @@ def _fedprox(
 ) -> Algorithm:
     if mu < 0:
         raise ScenarioError("algorithm.mu", f"must be >= 0, got {mu}")
-    opt, aggregate = _server_parts(server_lr, server_optimizer, aggregator)
-    return fedavg(
-        loss_fn,
-        optimizer(local_steps),
-        server_lr=server_lr,
-        steps=local_steps,
-        client_fraction=client_fraction,
-        weighting=weighting,
-        server_opt=opt,
-        mu=mu,
-        aggregate=aggregate,
-        compressor=build_compressor(compressor) if compressor else None,
-    )
+    return _family(loss_fn, optimizer, mu, local_steps, server_lr, client_fraction,
+                   weighting, server_optimizer, aggregator, compressor)  # fmt: skip
