@@ -139,6 +139,7 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         loss_fn=make_loss(apply_fn, l2),
         optimizer=optimizer,
         graph={"n": n, **topology.info},
+        seed=sc.seed,
     )
     check_graph(algorithm.rounds, topology, name, sc.topology["name"])
 

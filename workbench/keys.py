@@ -20,6 +20,8 @@ LOCAL, TOPOLOGY, PARTICIPATION, EXCHANGE = 0, 1, 2, 3
 # the virtual clock's draws: step durations, message loss, crashes, AD-PSGD
 # pairs, each link's speed
 CLOCK, LOSS, FAULT, PAIRING, LINK = 4, 5, 6, 7, 8
+# a party's draws on its link to the global server (hierarchical FL)
+PARTY = 9
 
 
 def root_key(seed: int) -> jax.Array:

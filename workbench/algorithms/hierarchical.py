@@ -42,6 +42,7 @@ from workbench.comm.exchange import Tiered, Tiers
 from workbench.comm.messages import Coded, sent_if
 from workbench.compression import Compressor, identity
 from workbench.errors import ScenarioError
+from workbench.keys import PARTY, round_key
 
 
 class HierState(NamedTuple):
@@ -69,6 +70,7 @@ def hierarchical(
     compressor: Compressor | None = None,
     central_trains: bool = True,
     weighting: Literal["uniform", "data_size"] = "data_size",
+    seed: int = 0,
 ) -> Algorithm:
     link = compressor or identity()
 
@@ -117,7 +119,10 @@ def hierarchical(
         # stage 0: the party mean; in a global round, the party's update
         party = _where(trains(state), inbox.group, state.anchor)
         delta = jax.tree.map(jnp.subtract, party, state.anchor)
-        key = jax.random.fold_in(jax.random.key(party_of(state.peer)), state.round)
+        # the party's draw, the same on each of its workers
+        key = jax.random.fold_in(
+            round_key(seed, state.round, PARTY), party_of(state.peer)
+        )
         q, link_state, bits = link.apply(delta, state.link, key)
         first = state._replace(
             params=party,
@@ -149,6 +154,7 @@ def hierarchical(
 def _hierarchical(
     loss_fn,
     optimizer,
+    seed: int = 0,
     *,
     parties: int = 2,
     kappa2: int = 1,
@@ -177,4 +183,5 @@ def _hierarchical(
         link,
         central_trains,
         weighting,
+        seed,
     )
