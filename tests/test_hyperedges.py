@@ -86,3 +86,25 @@ def test_the_first_tick_fills_every_slot_when_nobody_is_busy():
 def test_impossible_settings_are_one_line(args, key):
     with pytest.raises(ScenarioError, match=key):
         make_schedule(*args)
+
+
+def test_the_hyperedges_topology_is_the_session_cliques():
+    from workbench.topology import build_topology
+
+    n, u = 11, 3
+    topo = build_topology({"name": "hyperedges", "uniform": u, "rounds": 2}, n, 0)
+    tables = [topo.at(topo.data, np.int32(t), jax.random.key(t)) for t in range(6)]
+    for table in tables:
+        idx, w = np.asarray(table.idx), np.asarray(table.weight)
+        np.testing.assert_array_equal(idx[:, 0], np.arange(n))  # self first
+        W = np.zeros((n, n))
+        for i in range(n):
+            for j, wij in zip(idx[i], w[i], strict=True):
+                W[i, j] += wij
+        np.testing.assert_allclose(W, W.T, atol=1e-7)  # cliques: symmetric
+        np.testing.assert_allclose(W.sum(1), 1.0, atol=1e-6)
+        sizes = sorted(int(np.sum(W[i] > 0)) for i in range(n))
+        assert sizes == [1, 1] + [u] * 9  # 3 cliques of 3; 2 peers sit out
+    for a, b in ((0, 1), (2, 3), (4, 5)):  # a session spans 2 rounds
+        np.testing.assert_array_equal(tables[a].idx, tables[b].idx)
+    assert not np.array_equal(tables[1].idx, tables[2].idx)  # then new cliques

@@ -6,7 +6,14 @@ kernel arrays for ``workbench.comm.mix`` (``topo.at(topo.data, t, key)`` each
 round, inside jit) plus diagnostics in ``topo.info``.
 """
 
-from workbench.topology import base_k, dynamic, equitopo, fileio, graphs  # noqa: F401
+from workbench.topology import (  # noqa: F401
+    base_k,
+    dynamic,
+    equitopo,
+    fileio,
+    graphs,
+    hyperedges,
+)
 from workbench.topology.base import (
     TOPOLOGIES,
     Periodic,

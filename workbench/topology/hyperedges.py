@@ -10,6 +10,10 @@ A hyperedge is a session of exactly ``uniform`` peers. Each tick (inside jit):
    rest among all peers with spare capacity. A slot stays empty when no such
    set exists.
 
+The ``hyperedges`` topology is the synchronous form (``regular`` 1): the
+cliques of one session as an in-neighbour table, redrawn every ``rounds``
+rounds.
+
 Invariants on every tick (property-tested): each active hyperedge has
 ``uniform`` distinct members; each peer is in at most ``regular`` active
 hyperedges; each new hyperedge has at least ``variety`` members outside the
@@ -18,12 +22,17 @@ originator's other active hyperedges.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from workbench.comm import Table
+from workbench.comm.arrays import weight_dtype
 from workbench.errors import ScenarioError
+from workbench.keys import KEY_IMPL, root_key
+from workbench.topology.base import TOPOLOGIES, Sampler, fail, require
 
 
 class Hyperedges(NamedTuple):
@@ -114,3 +123,54 @@ def step(schedule: Schedule, h: Hyperedges, t, key, durations) -> Hyperedges:
 
     h, _ = jax.lax.scan(fill, h, jnp.arange(schedule.slots))
     return h
+
+
+def clique_table(h: Hyperedges, n: int) -> Table:
+    """(n, uniform) in-neighbour table of disjoint hyperedges (``regular`` 1):
+    column 0 the peer itself, then its hyperedge's other members, each with
+    weight 1/uniform; a peer in none keeps weight 1 on itself."""
+    s, u = h.members.shape
+    flat = h.members.reshape(-1)
+    slot = (
+        jnp.full((n,), -1, jnp.int32)
+        .at[jnp.where(flat >= 0, flat, n)]
+        .set(jnp.repeat(jnp.arange(s, dtype=jnp.int32), u), mode="drop")
+    )
+    me = jnp.arange(n, dtype=jnp.int32)
+    row = h.members[jnp.maximum(slot, 0)]  # (n, u)
+    order = jnp.argsort(row != me[:, None], axis=1, stable=True)  # self first
+    row = jnp.take_along_axis(row, order, axis=1)
+    inside = (slot >= 0)[:, None]
+    idx = jnp.where(inside, row, me[:, None])
+    w = jnp.where(inside, 1.0 / u, jnp.eye(1, u, dtype=jnp.float32)[0])
+    return Table(idx, w.astype(weight_dtype()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sessions:
+    """Round sampler: the hyperedges of session t // ``rounds`` (a session
+    spans ``rounds`` rounds), drawn afresh from the run's seed."""
+
+    schedule: Schedule
+    rounds: int
+
+    def __call__(self, data, t, key) -> Table:
+        del key  # the same cliques for every round of a session
+        base = jax.random.wrap_key_data(data, impl=KEY_IMPL)
+        wave = jax.random.fold_in(base, t // self.rounds)
+        durations = jnp.ones((self.schedule.slots,), jnp.int32)
+        h = step(self.schedule, empty(self.schedule), 0, wave, durations)
+        return clique_table(h, self.schedule.n)
+
+
+@TOPOLOGIES.register("hyperedges")
+def hyperedges(n: int, seed: int, uniform: int = 3, rounds: int = 2):
+    """SMPL's sessions: disjoint random cliques of ``uniform`` peers, new every
+    ``rounds`` rounds (each peer in at most one at a time; a peer left over
+    sits the session out)."""
+    require(rounds >= 1, "rounds", f"must be >= 1, got {rounds}")
+    if not 2 <= uniform <= n:
+        fail("uniform", f"must be in 2..{n} (peers), got {uniform}")
+    schedule = Schedule(n, uniform, 1, 0)
+    data = jax.random.key_data(root_key(seed))
+    return Sampler(Sessions(schedule, rounds), data, doubly_stochastic=True)
