@@ -178,6 +178,16 @@ def test_compressed_uploads_are_the_updates_through_the_compressor():
         np.testing.assert_allclose(np.asarray(state.link.residual), r, rtol=1e-9)
 
 
+def test_sending_updates_is_sending_models():
+    """send: update uploads w - x; the server adds their mean back: FedAvg."""
+    make = functools.partial(fedavg, weighting="uniform", send="update")
+    state = run(make, W, A, B, LR, 4, local_steps=3)
+    ref = run(functools.partial(fedavg, weighting="uniform"), W, A, B, LR, 4,
+              local_steps=3)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(state.params), np.asarray(ref.params),
+                               rtol=1e-12)  # fmt: skip
+
+
 # ------------------------------------------------------------ robust aggregation
 
 

@@ -8,9 +8,11 @@ the pseudo-gradient ``x - aggregate`` (plain FedAvg: sgd with lr 1, x <- the
 aggregate; FedAvgM, FedAdam, FedYogi, FedAdagrad: SERVER_OPTIMIZERS). FedProx
 adds ``mu/2 ||w - x||^2`` to the local loss. With a ``compressor`` (e.g.
 dyn-fed's ``uniform`` L-level quantization) a client uploads its compressed
-update w - x instead of its model; an error-feedback residual is the one
-piece of client state kept across rounds. Otherwise clients are stateless: their
-local optimizer state restarts every round, as in FedJAX and Flower. Every
+update w - x instead of its model (``send: update`` uploads the update
+uncompressed: dyn-fed's sending of gradients); an error-feedback residual is
+the one piece of client state kept across rounds. Otherwise clients are
+stateless: their local optimizer state restarts every round, as in FedJAX and
+Flower. Every
 peer holds a copy of the server's model and optimizer state; the copies stay
 equal because every peer applies the same step to the same aggregate.
 """
@@ -37,6 +39,7 @@ from workbench.compression import Compressor
 from workbench.errors import ScenarioError
 
 Weighting = Literal["uniform", "data_size", "loss"]
+Send = Literal["model", "update"]  # what a client uploads (dyn-fed: gradients)
 
 
 class Update(NamedTuple):
@@ -79,6 +82,7 @@ def fedavg(
     mu: float = 0.0,
     aggregate=None,
     compressor: Compressor | None = None,
+    send: Send = "model",
 ) -> Algorithm:
     """FedAvg: ``steps`` local steps on a ``client_fraction`` of the clients,
     whose models the server aggregates (``weighting``, or ``aggregate``) and
@@ -98,8 +102,10 @@ def fedavg(
             objective, local_opt, state.params, local_opt.init(state.params), batches
         )
         upload, link = params, state.link
-        if compressor:
+        if compressor or send == "update":
             update = jax.tree.map(jnp.subtract, params, state.params)
+            upload = Update(update)
+        if compressor:
             q, link, bits = compressor.apply(update, state.link, key)
             upload = Update(Coded(q, bits))
         upload = Scored(upload, loss) if weighting == "loss" else upload
@@ -107,7 +113,7 @@ def fedavg(
 
     def combine(state, inbox, topo):
         del topo
-        if compressor:  # the aggregate of the updates
+        if isinstance(inbox, Update):  # the aggregate of the updates
             inbox = jax.tree.map(jnp.add, state.params, inbox.delta)
         pseudo = jax.tree.map(lambda g, avg: g - avg, state.params, inbox)
         updates, server = server_opt.update(pseudo, state.server, state.params)
@@ -144,7 +150,7 @@ def _server_parts(server_lr: float, server_optimizer, aggregator):
 
 def _family(loss_fn, optimizer, mu: float, local_steps: int, server_lr: float,
             client_fraction: float, weighting: Weighting, server_optimizer,
-            aggregator, compressor) -> Algorithm:  # fmt: skip
+            aggregator, compressor, send) -> Algorithm:  # fmt: skip
     """FedAvg or FedProx from the scenario's keys (the registry entries below)."""
     opt, aggregate = _server_parts(server_lr, server_optimizer, aggregator)
     return fedavg(
@@ -158,6 +164,7 @@ def _family(loss_fn, optimizer, mu: float, local_steps: int, server_lr: float,
         mu=mu,
         aggregate=aggregate,
         compressor=build_compressor(compressor) if compressor else None,
+        send=send,
     )
 
 
@@ -173,9 +180,11 @@ def _fedavg(
     server_optimizer: dict | None = None,
     aggregator: dict | None = None,
     compressor: CompressorSpec | None = None,
+    send: Send = "model",
 ) -> Algorithm:
-    return _family(loss_fn, optimizer, 0.0, local_steps, server_lr, client_fraction,
-                   weighting, server_optimizer, aggregator, compressor)  # fmt: skip
+    return _family(loss_fn, optimizer, 0.0, local_steps, server_lr,
+                   client_fraction, weighting, server_optimizer, aggregator,
+                   compressor, send)  # fmt: skip
 
 
 @ALGORITHMS.register("fedprox")
@@ -191,8 +200,10 @@ def _fedprox(
     server_optimizer: dict | None = None,
     aggregator: dict | None = None,
     compressor: CompressorSpec | None = None,
+    send: Send = "model",
 ) -> Algorithm:
     if mu < 0:
         raise ScenarioError("algorithm.mu", f"must be >= 0, got {mu}")
-    return _family(loss_fn, optimizer, mu, local_steps, server_lr, client_fraction,
-                   weighting, server_optimizer, aggregator, compressor)  # fmt: skip
+    return _family(loss_fn, optimizer, mu, local_steps, server_lr,
+                   client_fraction, weighting, server_optimizer, aggregator,
+                   compressor, send)  # fmt: skip
