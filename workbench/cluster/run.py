@@ -170,17 +170,25 @@ class Worker:
         self.node = node
 
     def _next(self, expected: int):
-        """The next ``go`` (round >= expected) or ``stop`` message, or an error."""
+        """The next ``go`` or ``stop`` message, or an error.
+
+        A ``go`` is taken for round ``expected``, or for a later round when it
+        carries this block's state (a rejoin). Any other is stale: rank 0
+        queued it for this rank's previous process, which died, and a restarted
+        node that ran it would advance past the round it is rejoined at and
+        drop that round's data as out of order.
+        """
         tr = self.node.transport
         wait = self.node.hosts.startup_timeout  # rank 0 may be evaluating
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             for key in sorted(k for k in tr.filed if k[0] in ("go", "stop")):
                 msg = tr.filed.pop(key)
-                if msg.kind == "stop" or msg.round >= expected:
+                rejoin = bool(msg.arrays) and msg.round >= expected
+                if msg.kind == "stop" or msg.round == expected or rejoin:
                     return msg
                 log.warning(
-                    "dropped a replayed 'go' for round %d (now at %d)",
+                    "dropped a stale 'go' for round %d (now at %d)",
                     msg.round,
                     expected,
                 )
