@@ -36,14 +36,29 @@ REQUIRED = {  # keys without a default, and defenses without noise (plain SGD)
     "fedasync": {"alpha": 1.0},  # mixing weight 1: the server takes the model
     "fedbuff": {"buffer": 1},  # a server step per upload
     "dynamic_averaging": {"threshold": 0.0},  # a full sync every round
+    # every model adopted, nothing sparsified (a lone peer trains every round)
+    "smpl": {"keep_best": False, "fraction": 1.0},
 }
+
+
+def validation_split(n=4, m=6, seed=9):
+    """(x, y, size): a small validation split per peer (smpl validates)."""
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(n, m, 5)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, size=(n, m)), jnp.int32)
+    return x, y, jnp.full((n,), m, jnp.int32)
 
 
 def build(name: str):
     loss_fn = make_loss(MLP().apply)
     spec = {"name": name, **REQUIRED.get(name, {})}
     return ALGORITHMS.build(
-        spec, "algorithm", loss_fn=loss_fn, optimizer=local_optimizer(lr=LR)
+        spec,
+        "algorithm",
+        loss_fn=loss_fn,
+        optimizer=local_optimizer(lr=LR),
+        apply_fn=MLP().apply,
+        validation=validation_split(),
     )
 
 

@@ -140,6 +140,8 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         optimizer=optimizer,
         graph={"n": n, **topology.info},
         seed=sc.seed,
+        apply_fn=apply_fn,
+        validation=fed.val,
     )
     check_graph(algorithm.rounds, topology, name, sc.topology["name"])
 

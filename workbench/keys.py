@@ -22,6 +22,8 @@ LOCAL, TOPOLOGY, PARTICIPATION, EXCHANGE = 0, 1, 2, 3
 CLOCK, LOSS, FAULT, PAIRING, LINK = 4, 5, 6, 7, 8
 # a party's draws on its link to the global server (hierarchical FL)
 PARTY = 9
+# a clique's draws in a session (SMPL: who starts it)
+SESSION = 10
 
 
 def root_key(seed: int) -> jax.Array:

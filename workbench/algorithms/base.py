@@ -52,6 +52,9 @@ class RoundStructure(NamedTuple):
     # SCAFFOLD's c) that must see every round's aggregate: not on the clock,
     # where only the peers that receive it combine
     server_copies: bool = False
+    # every peer must be in the same round (stages of a session): not on the
+    # clock, where peers step on their own schedules
+    lockstep: bool = False
 
 
 def cohort_size(fraction: float, n: int) -> int:

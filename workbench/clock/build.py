@@ -81,6 +81,12 @@ def _check(cfg: ClockConfig, algorithm, name: str, topology_info: dict) -> None:
             "must see every round's aggregate; on the clock only the peers that "
             "receive it update their copy: drop the clock (or the server optimizer)",
         )
+    if algorithm.rounds.lockstep:
+        raise ScenarioError(
+            "algorithm.name",
+            f"'{name}' runs sessions whose stages every peer takes in the same "
+            "round; drop the clock",
+        )
     if exchange in ("coordinator", "hierarchy"):
         raise ScenarioError(
             "algorithm.name",

@@ -165,6 +165,7 @@ def _sampler(built: Sampler, n: int, seed: int, kernel: str, ds: bool) -> Topolo
         "spectral_gap": 1.0 - rounds["contraction"],
         **rounds,
         "doubly_stochastic": built.doubly_stochastic,
+        **getattr(built.at, "info", {}),  # the sampler's own facts
     }
     return Topology(n, kernel, built.data, at, None, info)
 

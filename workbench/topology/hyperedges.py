@@ -154,6 +154,10 @@ class Sessions:
     schedule: Schedule
     rounds: int
 
+    @property
+    def info(self) -> dict:
+        return {"session_rounds": self.rounds, "uniform": self.schedule.uniform}
+
     def __call__(self, data, t, key) -> Table:
         del key  # the same cliques for every round of a session
         base = jax.random.wrap_key_data(data, impl=KEY_IMPL)
@@ -164,7 +168,7 @@ class Sessions:
 
 
 @TOPOLOGIES.register("hyperedges")
-def hyperedges(n: int, seed: int, uniform: int = 3, rounds: int = 2):
+def hyperedges(n: int, seed: int, uniform: int = 3, rounds: int = 3):
     """SMPL's sessions: disjoint random cliques of ``uniform`` peers, new every
     ``rounds`` rounds (each peer in at most one at a time; a peer left over
     sits the session out)."""
