@@ -226,10 +226,13 @@ def _smpl(
     keep_best: bool = True,
 ) -> Algorithm:
     if graph is not None and graph.get("session_rounds") != 3:
+        given = graph.get("name")
+        if given == "hyperedges":
+            given = f"hyperedges with rounds: {graph.get('session_rounds')}"
         raise ScenarioError(
             "topology.name",
-            "smpl runs its sessions on the 'hyperedges' topology (rounds: 3), "
-            f"not '{graph.get('name')}'",
+            f"smpl runs its sessions on the 'hyperedges' topology with rounds: 3, "
+            f"not '{given}'",
         )
     if not 0 <= epsilon <= 1:
         raise ScenarioError("algorithm.epsilon", f"must be in [0, 1], got {epsilon}")
