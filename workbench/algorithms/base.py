@@ -57,6 +57,11 @@ class RoundStructure(NamedTuple):
     lockstep: bool = False
 
 
+def tree_where(cond, a: PyTree, b: PyTree) -> PyTree:
+    """``a`` where the () bool ``cond`` holds, else ``b`` (one peer's trees)."""
+    return jax.tree.map(lambda x, y: jax.numpy.where(cond, x, y), a, b)
+
+
 def cohort_size(fraction: float, n: int) -> int:
     """Peers sampled per round for a participation ``fraction`` of ``n``."""
     return max(1, min(n, round(fraction * n)))

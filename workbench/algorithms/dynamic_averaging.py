@@ -42,10 +42,11 @@ from workbench.algorithms.base import (
     PyTree,
     RoundStructure,
     local_steps,
+    tree_where,
 )
 from workbench.algorithms.compressed import CompressorSpec, build_compressor
 from workbench.algorithms.registry import ALGORITHMS
-from workbench.comm.exchange import Decision
+from workbench.comm.exchange import Decision, weighted_mean
 from workbench.comm.messages import Coded
 from workbench.compression import Compressor
 from workbench.errors import ScenarioError
@@ -111,11 +112,7 @@ def coordinator(threshold: float, kind: Divergence, balancing: bool):
         cut = jnp.where(k > 0, pri[order][jnp.maximum(k - 1, 0)], -2.0)
         taken = pri <= cut
         c = jnp.where(taken, weights, 0.0)
-        c = c / jnp.maximum(jnp.sum(c), 1e-30)
-        mean = jax.tree.map(
-            lambda leaf: jnp.tensordot(c.astype(leaf.dtype), leaf, axes=1),
-            uploads.drift,
-        )
+        mean = weighted_mean(uploads.drift, c / jnp.maximum(jnp.sum(c), 1e-30))
         return Decision(Reply(mean, cut, jnp.all(taken)), taken)
 
     return decide
@@ -162,17 +159,16 @@ def dynamic_averaging(
         del topo
         synced = jax.tree.map(jnp.add, state.reference, reply.drift)
         taken = state.priority <= reply.cut
-        pick = lambda cond, a, b: jax.tree.map(  # noqa: E731
-            lambda x, y: jnp.where(cond, x, y), a, b
-        )
         switched = state.switched
         if switch is not None:
             first = jax.tree.leaves(reply.drift)[0]
             switched = switched | (reply.full & (jnp.sum(first**2) < switch))
         return state._replace(
-            params=pick(taken, synced, state.params),
-            reference=pick(reply.full, synced, state.reference),
-            link=pick(taken, state.pending, state.link),  # a residual of what was sent
+            params=tree_where(taken, synced, state.params),
+            reference=tree_where(reply.full, synced, state.reference),
+            link=tree_where(
+                taken, state.pending, state.link
+            ),  # a residual of what was sent
             switched=switched,
         )
 

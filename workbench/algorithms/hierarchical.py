@@ -35,6 +35,7 @@ from workbench.algorithms.base import (
     PyTree,
     RoundStructure,
     local_steps,
+    tree_where,
 )
 from workbench.algorithms.compressed import CompressorSpec, build_compressor
 from workbench.algorithms.registry import ALGORITHMS
@@ -55,10 +56,6 @@ class HierState(NamedTuple):
     round: jax.Array  # () int32 party rounds done
     stage: jax.Array  # () int32 0: the party exchange comes next, 1: the global
     loss: jax.Array  # () mean training loss of the last local steps
-
-
-def _where(cond, a, b):
-    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
 def hierarchical(
@@ -99,7 +96,7 @@ def hierarchical(
             loss_fn, local_opt, state.params, local_opt.init(state.params), batches
         )
         on = trains(state)
-        params = _where(on, params, state.params)
+        params = tree_where(on, params, state.params)
         up = Tiered(sent_if(params, on), party_of(state.peer), on.astype(jnp.float32))
         state = state._replace(
             params=params, loss=loss, stage=jnp.zeros_like(state.stage)
@@ -117,7 +114,7 @@ def hierarchical(
         del topo
         glob = is_global(state)
         # stage 0: the party mean; in a global round, the party's update
-        party = _where(trains(state), inbox.group, state.anchor)
+        party = tree_where(trains(state), inbox.group, state.anchor)
         delta = jax.tree.map(jnp.subtract, party, state.anchor)
         # the party's draw, the same on each of its workers
         key = jax.random.fold_in(
@@ -126,22 +123,22 @@ def hierarchical(
         q, link_state, bits = link.apply(delta, state.link, key)
         first = state._replace(
             params=party,
-            update=_where(glob, q, state.update),
+            update=tree_where(glob, q, state.update),
             bits=jnp.where(glob, bits, state.bits).astype(state.bits.dtype),
-            link=_where(glob, link_state, state.link),
+            link=tree_where(glob, link_state, state.link),
             stage=jnp.ones_like(state.stage),
         )
         # stage 1: in a global round every worker takes w_t + sum_p (n_p/n) q_p
-        anchor = _where(
+        anchor = tree_where(
             glob, jax.tree.map(jnp.add, state.anchor, inbox.total), state.anchor
         )
         second = state._replace(
-            params=_where(glob, anchor, state.params),
+            params=tree_where(glob, anchor, state.params),
             anchor=anchor,
             round=state.round + 1,
             stage=jnp.zeros_like(state.stage),
         )
-        return _where(state.stage == 0, first, second)
+        return tree_where(state.stage == 0, first, second)
 
     rounds = RoundStructure(steps, 1.0, weighting, gossip_steps=2)
     return Algorithm(

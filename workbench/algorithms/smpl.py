@@ -34,10 +34,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from workbench.algorithms.base import Algorithm, LossFn, PyTree, RoundStructure
+from workbench.algorithms.base import (
+    Algorithm,
+    LossFn,
+    PyTree,
+    RoundStructure,
+    tree_where,
+)
 from workbench.algorithms.registry import ALGORITHMS
+from workbench.comm.exchange import weighted_mean
 from workbench.comm.messages import Coded, Inbox, sent_if
-from workbench.compression import COMPRESSORS
+from workbench.compression import COMPRESSORS, uncompressed_bits
 from workbench.errors import ScenarioError
 from workbench.keys import SESSION, round_key
 from workbench.objective import Batch
@@ -66,10 +73,6 @@ def accuracy(apply_fn, params, x, y, size) -> jax.Array:
     real = jnp.arange(y.shape[0]) < size
     hit = jnp.argmax(apply_fn(params, x), -1) == y
     return jnp.sum(hit & real) / jnp.maximum(size, 1)
-
-
-def _pick(cond, a, b):
-    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
 def choose_sender(ids, real, accs, key, epsilon: float) -> jax.Array:
@@ -136,7 +139,7 @@ def smpl(
     def local(state, batches, topo, key):
         stage = state.round % 3
         solo = alone(topo)
-        origin = _pick(solo, state.params, state.start)
+        origin = tree_where(solo, state.params, state.start)
         shaped = jax.tree.map(
             lambda a: a.reshape((steps, hogwild) + a.shape[1:]), batches
         )
@@ -152,10 +155,10 @@ def smpl(
         q, _, bits = topk.apply(delta, topk.init(delta), key)
         training = (stage == TRAIN) | solo
         sends_start = (stage == START) & (state.sender == state.peer) & ~solo
-        model = _pick(training, q, state.params)  # a lone peer: its own delta
+        model = tree_where(training, q, state.params)  # a lone peer: its own delta
         model_bits = jnp.where(
             (stage == TRAIN) & ~solo, bits,
-            jnp.where(sends_start, _bits(state.params), 0.0),
+            jnp.where(sends_start, uncompressed_bits(state.params), 0.0),
         )  # fmt: skip
         acc = sent_if(state.best.astype(jnp.float32), (stage == OFFER) & ~solo)
         loss = jnp.where(training, loss, 0.0)
@@ -172,41 +175,29 @@ def smpl(
         sender = choose_sender(ids, real, accs, key, epsilon)
         # start: the sender's model (its kept one, sent this round)
         col = jnp.argmax(real & (ids == state.sender))
-        start = jax.tree.map(
-            lambda m, own: jnp.where(col == 0, own, m[col]),
-            inbox.messages.model, state.params,
-        )  # fmt: skip
+        start = jax.tree.map(lambda m: m[col], inbox.messages.model)  # col 0: own
         # train: start + the members' mean delta (a lone peer: its own)
-        origin = _pick(solo, state.params, state.start)
-        deltas = jax.tree.map(
-            lambda m, o: m.at[0].set(o),
-            inbox.messages.model,
-            jax.tree.map(lambda m: m[0], inbox.messages.model),
-        )
-        w = real.astype(jnp.float32) / jnp.sum(real)
-        mean = jax.tree.map(
-            lambda d: jnp.tensordot(w.astype(d.dtype), d, axes=1), deltas
-        )
+        origin = tree_where(solo, state.params, state.start)
+        w = real.astype(jnp.float32) / jnp.sum(real)  # column 0: its own delta
+        mean = weighted_mean(inbox.messages.model, w)
         result = jax.tree.map(jnp.add, origin, mean)
         acc = validate(result, state.peer)
         better = (acc > state.best) | (not keep_best)
         trained = state._replace(
-            params=_pick(better, result, state.params),
+            params=tree_where(better, result, state.params),
             best=jnp.where(better, acc, state.best),
         )
         offered = state._replace(sender=sender)
         started = state._replace(start=start)
-        out = _pick(stage == OFFER, offered, _pick(stage == START, started, trained))
-        out = _pick(solo, trained, out)
+        out = tree_where(
+            stage == OFFER, offered, tree_where(stage == START, started, trained)
+        )
+        out = tree_where(solo, trained, out)
         return out._replace(round=state.round + 1)
 
     rounds = RoundStructure(steps * hogwild, 1.0, "uniform", lockstep=True)
     return Algorithm(init, local, combine, "gather", rounds,
                      uses_topology=True, init_topology=True)  # fmt: skip
-
-
-def _bits(tree) -> float:
-    return float(sum(x.size * x.dtype.itemsize * 8 for x in jax.tree.leaves(tree)))
 
 
 @ALGORITHMS.register("smpl")

@@ -250,11 +250,16 @@ def _unscored(outbox):
     return plain(outbox.value if isinstance(outbox, Scored) else outbox)
 
 
+def _to_everyone(reply, n: int):
+    """One reply (no peer axis) as every peer's inbox: leaves (n, ...)."""
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), reply)
+
+
 def _deliver_server(outbox, ctx: Context):
     """The aggregate of the m participants' outboxes, broadcast to all n peers."""
     aggregate = ctx.aggregate or weighted_mean
     avg = aggregate(_unscored(outbox), server_weights(outbox, ctx))
-    return jax.tree.map(lambda a: jnp.broadcast_to(a, (ctx.n,) + a.shape), avg)
+    return _to_everyone(avg, ctx.n)
 
 
 def _cost_server(outbox, ctx: Context):
@@ -328,8 +333,7 @@ def _prepare_coordinator(outbox, ctx: Context) -> Decided:
 
 
 def _deliver_coordinator(messages: Decided, ctx: Context):
-    reply = messages.decision.reply
-    return jax.tree.map(lambda a: jnp.broadcast_to(a, (ctx.n,) + a.shape), reply)
+    return _to_everyone(messages.decision.reply, ctx.n)
 
 
 def _cost_coordinator(messages: Decided, ctx: Context):
