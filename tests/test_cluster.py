@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -170,8 +171,11 @@ def test_a_killed_node_is_dropped_and_rejoins_and_garbage_never_crashes(tmp_path
     assert "node 2 (peers 8-11) declared dead at round" in log0
     assert "node 2 rejoins at round" in log0
     log2 = logs[2].read_text()
-    assert "rejoined at round" in log2
-    assert "links fail" not in log2  # data sent before its 'go' was kept
+    back = re.search(r"rejoined at round (\d+)", log2)
+    assert back is not None, log2
+    # the data its neighbours sent for the rejoin round before its 'go' was
+    # kept (a later round may time out on a loaded machine: not asserted)
+    assert f"in round {back.group(1)} within" not in log2, log2[-2000:]
     assert "refused a connection" in log1  # the handshakes that failed
     # rank 1's peer 7 waited for peer 8's model in the round rank 2 died in
     assert "Traceback" not in log0 + log1
