@@ -38,11 +38,15 @@ REQUIRED = {  # keys without a default, and defenses without noise (plain SGD)
     "dynamic_averaging": {"threshold": 0.0},  # a full sync every round
     # every model adopted, nothing sparsified (a lone peer trains every round)
     "smpl": {"keep_best": False, "fraction": 1.0},
+    # a budget of one communication per round: the clients of score 1 send
+    # every round
+    "client_periods": {"mode": "svd", "communications": 1000},
 }
 
 
 def validation_split(n=4, m=6, seed=9):
-    """(x, y, size): a small validation split per peer (smpl validates)."""
+    """(x, y, size): a small split per peer (smpl validates, client_periods
+    scores the training data)."""
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.normal(size=(n, m, 5)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 3, size=(n, m)), jnp.int32)
@@ -59,6 +63,8 @@ def build(name: str):
         optimizer=local_optimizer(lr=LR),
         apply_fn=MLP().apply,
         validation=validation_split(),
+        training=validation_split(seed=10),
+        rounds=1000,
     )
 
 

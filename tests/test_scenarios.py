@@ -3,6 +3,7 @@ ETRI CPU files run and send what their edge schedules say."""
 
 import csv
 
+import numpy as np
 import pytest
 
 from workbench.runner import run
@@ -110,3 +111,21 @@ def test_hips_async_cpu_takes_each_party_update_as_it_arrives(tmp_path):
     assert clock["virtual_time"] == 20.0
     assert clock["steps_per_peer_max"] == 20 and clock["steps_per_peer_min"] == 5
     assert summary["final_mean_test_accuracy"] > 0.5
+
+
+def test_dynfed_periods_cpu_pays_each_clients_svd_share(tmp_path):
+    from workbench.algorithms.client_periods import share, svd_scores
+    from workbench.data.federated import load_federated
+    from workbench.scenario.yaml_io import load_scenario
+
+    path, over = "scenarios/dynfed_periods_cpu.yaml", ["rounds=8", "eval_every=4"]
+    over.append("algorithm.communications=4")
+    summary = run(path, over, out=str(tmp_path / "p"), progress=False).summary
+    sc = load_scenario(path, over)
+    fed = load_federated(sc.data, sc.peers, sc.seed, None)
+    counts = np.asarray(share(svd_scores(fed.train, 0.95), 4, 8, 8))
+    assert 1 <= counts.min() < counts.max() <= 4  # the data's ranks differ
+    # each send: model, loss, last report, flag up (4p + 9 bytes); model, low
+    # and high back (4p + 8)
+    p = summary["num_params"]
+    assert summary["bytes_sent_total"] == counts.sum() * (8 * p + 17)

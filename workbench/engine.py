@@ -142,6 +142,8 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         seed=sc.seed,
         apply_fn=apply_fn,
         validation=fed.val,
+        training=fed.train,
+        rounds=sc.rounds,
     )
     check_graph(algorithm.rounds, topology, name, sc.topology["name"])
 
