@@ -129,3 +129,18 @@ def test_dynfed_periods_cpu_pays_each_clients_svd_share(tmp_path):
     # and high back (4p + 8)
     p = summary["num_params"]
     assert summary["bytes_sent_total"] == counts.sum() * (8 * p + 17)
+
+
+def test_dynfed_faults_cpu_sends_each_crashed_clients_top_k(tmp_path):
+    over = ["rounds=30", "eval_every=30"]
+    summary = run("scenarios/dynfed_faults_cpu.yaml", over, out=str(tmp_path / "f"),
+                  progress=False).summary  # fmt: skip
+    lost = run("scenarios/dynfed_faults_cpu.yaml",
+               [*over, "clock.faults.redistribute=null"], out=str(tmp_path / "l"),
+               progress=False).summary  # fmt: skip
+    # four crashes, 50 samples each (every client holds about 100), 64
+    # features and a label at 4 bytes each
+    assert summary["clock"]["redistributed_samples"] == 200
+    assert lost["clock"]["redistributed_samples"] == 0
+    extra = summary["bytes_sent_total"] - lost["bytes_sent_total"]
+    assert extra == 200 * 65 * 4

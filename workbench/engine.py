@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from workbench.algorithms import ALGORITHMS
 from workbench.clock import build_clock, init_clocked, needs_clock
+from workbench.clock.redistribute import per_sample_loss
 from workbench.comm.messages import plain
 from workbench.data import load_federated
 from workbench.errors import ScenarioError
@@ -195,6 +196,7 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         eval_data = _eval_data(fed, sc.evaluation.test_samples, sc.seed, mesh)
         if clocked:
             clock = clock_for(sc, spec, algorithm, name, state, data, topology, params)
+            clock = clock._replace(sample_loss=per_sample_loss(make_loss(apply_fn, l2)))
             spec, chunk, evaluate = runtime(strategy)
             state = init_clocked(spec, sc.seed, state, data, topology.data)
     sizes = fed.train.size.astype(np.float32)

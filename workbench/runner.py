@@ -458,6 +458,8 @@ def _clock_summary(sim: Simulation, state, row: dict) -> dict:
         "steps_per_peer_mean": float(steps.mean()),
         "steps_per_peer_max": int(steps.max()),
         "ring_depth": sim.spec.clock.buffer,
+        # samples sent to live peers by redistribution (dyn-fed's failures)
+        "redistributed_samples": int(np.asarray(state.clock.moved_n).sum()),
     }
 
 

@@ -25,6 +25,9 @@ class ClockState(NamedTuple):
     alive: jax.Array  # (n,) bool alive during the last tick
     heard: jax.Array  # (n, k) float32 last time each in-edge delivered
     removed: jax.Array  # (n, k) bool in-edges dropped by the swap timeout
+    # samples each peer was sent by redistribution (workbench.clock.redistribute)
+    moved: jax.Array  # (n, E) int32 flat training indices (E = 0: none)
+    moved_n: jax.Array  # (n,) int32 how many of them are real
 
 
 class Ring(NamedTuple):
@@ -59,9 +62,11 @@ class ClockSpec(NamedTuple):
     crashes: np.ndarray  # (e, 3) float32 rows (peer, at, until) of the schedule
     buffer: int  # ring depth B (0: no ring, messages arrive in their tick)
     upload: float  # server algorithms: upload + download seconds of one cycle
+    # (params, x (m, ...), y (m,)) -> (m,) losses: redistribution's ranking
+    sample_loss: Any = None
 
 
-def init_clock(n: int, k: int) -> ClockState:
+def init_clock(n: int, k: int, capacity: int = 0) -> ClockState:
     return ClockState(
         now=jnp.zeros((n,), jnp.float32),
         ready=jnp.zeros((n,), jnp.float32),
@@ -70,6 +75,8 @@ def init_clock(n: int, k: int) -> ClockState:
         alive=jnp.ones((n,), bool),
         heard=jnp.zeros((n, k), jnp.float32),
         removed=jnp.zeros((n, k), bool),
+        moved=jnp.zeros((n, capacity), jnp.int32),
+        moved_n=jnp.zeros((n,), jnp.int32),
     )
 
 

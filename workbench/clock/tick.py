@@ -24,6 +24,8 @@ so the numbers do not depend on the execution strategy.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -39,6 +41,7 @@ from workbench.clock.delivery import (
 )
 from workbench.clock.faults import next_up, pull_neighbour, scheduled_up, swap_timeout
 from workbench.clock.pairing import pair_up
+from workbench.clock.redistribute import make_redistribute, overlay
 from workbench.clock.state import Clocked, ClockState
 from workbench.comm.arrays import Table
 from workbench.comm.exchange import EXCHANGES, Context, table_inbox
@@ -110,6 +113,14 @@ def make_tick(spec, seed: int):
         return factor * (link.latency + bits / BITS_PER_BYTE / link.bandwidth)
 
     local = _make_local(spec, seed)
+    capacity = faults.capacity
+    redistribute = None
+    if faults.redistribute is not None:
+
+        def redistribute(params, data, moved, moved_n, down, alive):
+            x, y, size = data
+            go = make_redistribute(clock.sample_loss, faults.redistribute, y.shape[1])
+            return go(params, x, y, size, moved, moved_n, down, alive)
 
     def lift_combine(state, inbox, view):
         return spec.lift(lambda s, i, v: alg.combine(s, i, v))(
@@ -163,6 +174,18 @@ def make_tick(spec, seed: int):
         rejoined = alive & ~ck.alive
         if faults.any and faults.rejoin == "neighbour":
             st = st._replace(params=pull_neighbour(st.params, table, alive, rejoined))
+
+        # 1b. a peer that went down: its most representative samples go to
+        # the live peers (dyn-fed), and each peer samples its overlay too
+        moved, moved_n = ck.moved, ck.moved_n
+        shipped = jnp.zeros((), jnp.int32)
+        if redistribute is not None:
+            down = ck.alive & ~alive
+            moved, moved_n, shipped = redistribute(
+                st.params, tuple(data), moved, moved_n, down, alive
+            )
+        if capacity:
+            data = overlay(*data, moved, moved_n)
 
         # 2. the cohort's idle live peers start a step
         chosen = sample_peers(round_key(seed, t, PARTICIPATION), n, m)
@@ -254,7 +277,12 @@ def make_tick(spec, seed: int):
             alive=alive,
             heard=heard,
             removed=removed,
+            moved=moved,
+            moved_n=moved_n,
         )
+        if redistribute is not None:  # features and label, 32 bits each
+            per_sample = 32 * (math.prod(data[0].shape[2:]) + 1)
+            srv_bits = srv_bits + shipped.astype(jnp.float32) * per_sample
         traffic = Traffic(sent, srv_bits, end, jnp.sum(active).astype(jnp.float32))
         carry = Clocked(state, clock_state, ring, server)
         return carry, traffic, Sent(jnp.arange(n, dtype=jnp.int32), outbox, None)
@@ -302,4 +330,5 @@ def init_clocked(spec, seed: int, state, data, topo_data) -> Clocked:
     server = None
     if alg.server is not None:
         server = alg.server.init(jax.tree.map(lambda x: x[0], state.params), n)
-    return Clocked(state, init_clock(n, table.idx.shape[1]), ring, server)
+    clock_state = init_clock(n, table.idx.shape[1], clock.config.faults.capacity)
+    return Clocked(state, clock_state, ring, server)

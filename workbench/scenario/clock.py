@@ -16,6 +16,8 @@
         rejoin: own          # own: resume from its last state; neighbour: pull
                              # the first live in-neighbour's model
         swap_timeout: 20.0   # drop an edge that has not delivered for this long
+        redistribute: 10     # a crashed peer's 10 highest-loss samples go to
+                             # the live peers (dyn-fed; needs the schedule)
 
 Without a ``clock:`` section a run is today's synchronous rounds.
 """
@@ -76,15 +78,31 @@ class FaultConfig(FrozenModel):
     schedule: tuple[CrashEvent, ...] = ()
     rejoin: Literal["own", "neighbour"] = "own"
     swap_timeout: float | None = Field(None, gt=0)
+    redistribute: int | None = Field(None, ge=1)
 
     @field_validator("schedule", mode="before")
     @classmethod
     def _listed(cls, value):
         return tuple(value) if isinstance(value, list) else value
 
+    @model_validator(mode="after")
+    def _scheduled(self):
+        if self.redistribute is not None and (self.crash_rate > 0 or not self.schedule):
+            raise ValueError(
+                "redistribute moves the samples of the crashes in `schedule` (it "
+                "sizes what each peer can receive from it): give a schedule and no "
+                "crash_rate"
+            )
+        return self
+
     @property
     def any(self) -> bool:
         return self.crash_rate > 0 or bool(self.schedule)
+
+    @property
+    def capacity(self) -> int:
+        """Samples a peer can receive by redistribution: k per scheduled crash."""
+        return (self.redistribute or 0) * len(self.schedule)
 
 
 class Stragglers(FrozenModel):
