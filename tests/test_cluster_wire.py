@@ -49,6 +49,14 @@ def test_round_trip_keeps_every_field_and_byte():
     assert go.live == (0, 1) and go.arrays == {}
 
 
+def test_a_scalar_stays_a_scalar():
+    """A coordinator's reply carries 0-d arrays (its cut, its flags)."""
+    expect = Expect(1, 3, {"down": ({"msg.cut": ("float32", ())},)})
+    frames = _frames(kind="down", arrays={"msg.cut": np.float32(0.5)})
+    msg = decode(frames, expect, authenticated=0)
+    assert msg.arrays["msg.cut"].shape == () and float(msg.arrays["msg.cut"]) == 0.5
+
+
 def _header(frames) -> dict:
     return msgpack.unpackb(frames[0])
 

@@ -190,7 +190,7 @@ def test_the_two_divergences():
     assert float(divergence("layer_max", drift)) == 9.0
 
 
-def test_the_clock_and_cluster_nodes_refuse_the_coordinator_one_line():
+def test_the_clock_refuses_the_coordinator_and_cluster_nodes_route_it():
     from types import SimpleNamespace
 
     from workbench.clock import build_clock
@@ -201,6 +201,6 @@ def test_the_clock_and_cluster_nodes_refuse_the_coordinator_one_line():
     with pytest.raises(ScenarioError, match="algorithm.name: .dynamic_averaging. runs"):
         build_clock(None, alg, "dynamic_averaging", 4, 0, 1.0, 1.0, {})
     sc = SimpleNamespace(algorithm={"name": "dynamic_averaging"})
-    with pytest.raises(WorkbenchError, match="'coordinator' exchange, which cluster"):
-        refuse_exchange(sc, "coordinator")
-    refuse_exchange(sc, "server")  # routed: no error
+    refuse_exchange(sc, "coordinator")  # rank 0 coordinates: no error
+    with pytest.raises(WorkbenchError, match="'mystery' exchange, which cluster"):
+        refuse_exchange(sc, "mystery")

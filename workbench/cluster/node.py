@@ -3,7 +3,9 @@
 Every node builds the scenario exactly as ``workbench simulate`` does (same
 seed, same data split, same initial state) and keeps its block's rows. Rank 0
 also coordinates: it starts each round with a ``go`` message naming the live
-ranks, runs the server side of a ``server`` exchange, gathers each node's
+ranks, runs the server side of a ``server``, ``coordinator`` or ``hierarchy``
+exchange (the nodes' outboxes in, each node's part of the reply and its
+peers' bits out), gathers each node's
 ``done`` (bits sent; at evaluation rounds its block's state), evaluates the
 whole model stack with the simulator's evaluation, and writes the run
 directory in the usual layout.
@@ -37,10 +39,11 @@ import numpy as np
 
 from workbench.cluster.hosts import Hosts, blocks, owner_of
 from workbench.cluster.routing import Route, drop_edges, route, surviving
-from workbench.cluster.steps import node_steps
+from workbench.cluster.steps import SERVED, node_steps
 from workbench.cluster.transport import Transport
 from workbench.cluster.wire import Expect
 from workbench.comm.arrays import Table, weight_dtype
+from workbench.comm.exchange import EXCHANGES
 from workbench.comm.kernels import as_table
 from workbench.errors import WorkbenchError
 
@@ -120,11 +123,25 @@ class Node:
         if self.alg.rounds.gossip_steps > 1:
             outboxes.append(jax.eval_shape(st.resend, state, view))
         args = (arrays, table, peers, self.weights, t)
-        self.msgs_like = [jax.eval_shape(st.send, o, *args)[0] for o in outboxes]
-        inbox = jax.eval_shape(st.deliver, self.msgs_like[0], *args)
+        if self.served:  # the outboxes travel; rank 0 serves them
+            self.msgs_like = outboxes
+            inbox = jax.eval_shape(st.serve, outboxes[0], *args)[0]
+        else:
+            self.msgs_like = [jax.eval_shape(st.send, o, *args)[0] for o in outboxes]
+            inbox = jax.eval_shape(st.deliver, self.msgs_like[0], *args)
+        # a node's part of the reply: one row when it is the same for all
+        first = 1 if self.same_reply else 0
         self.down_like = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), inbox
+            lambda a: jax.ShapeDtypeStruct(a.shape[first:], a.dtype), inbox
         )
+
+    @property
+    def served(self) -> bool:
+        return self.alg.exchange in SERVED
+
+    @property
+    def same_reply(self) -> bool:
+        return EXCHANGES[self.alg.exchange].same_reply
 
     @property
     def lead(self) -> int:
@@ -146,10 +163,9 @@ class Node:
                 heartbeat=({},),
             )
         else:
-            kinds.update(
-                go=({}, own_state),
-                down=(_specs(self.down_like, "msg", None),),
-            )
+            rows = None if self.same_reply else 1
+            down = {**_specs(self.down_like, "msg", rows), "sent": ("float64", (-1,))}
+            kinds.update(go=({}, own_state), down=(down,))
         return Expect(self.rank, self.ranks, kinds)
 
     # ---------------------------------------------------------- the round
@@ -205,15 +221,20 @@ class Node:
         for step in range(self.alg.rounds.gossip_steps):
             if step:
                 outbox = st.resend(state, view)
-            msgs, sent, server = st.send(outbox, arrays, table, peers, self.weights, jt)
-            sent_bits += np.asarray(sent, np.float64)[self.block]
-            server_bits += float(server)
             e0 = time.perf_counter()
-            if kind == "server":
-                inbox = self.server_exchange(
-                    t, step, msgs, plan, (arrays, table, peers), live
+            if kind in SERVED:
+                inbox, sent, server = self.server_exchange(
+                    t, step, outbox, plan, (arrays, table, peers), live
                 )
+                sent_bits += sent
+                server_bits += server
             else:
+                msgs, sent, server = st.send(
+                    outbox, arrays, table, peers, self.weights, jt
+                )
+                sent_bits += np.asarray(sent, np.float64)[self.block]
+                server_bits += float(server)
+                e0 = time.perf_counter()
                 messages, dropped = self.peer_exchange(t, step, msgs, plan, idx)
                 if dropped is not None:  # late messages: failed links this round
                     weight = drop_edges(weight, dropped)
@@ -296,9 +317,13 @@ class Node:
         dropped = mine & np.isin(self.owner[idx], list(missing)) & (idx != rows)
         return self._unflat(got, step), dropped
 
-    def server_exchange(self, t, step, msgs, plan, graph, live):
+    def server_exchange(self, t, step, outbox, plan, graph, live):
+        """The block's (inbox rows, bits its peers sent, server bits): the
+        outboxes go to rank 0, which runs the exchange and sends each node its
+        part of the reply and its peers' bits."""
         arrays, table, peers = graph
-        flat = self._flat(msgs)
+        flat = self._flat(outbox)
+        b = len(self.block)
         if self.rank != 0:
             self._send_rows("up", t, step, flat, plan)
             got = self.transport.wait("down", t, step, [0], 3 * self.hosts.timeout)
@@ -306,19 +331,28 @@ class Node:
                 raise WorkbenchError(
                     f"rank 0 (the coordinator) sent no aggregate in round {t}; stopping"
                 )
-            row = unnamed(self.down_like, got[0].arrays, "msg")
-            b = len(self.block)
-            return jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape), row)
+            arrays_in = dict(got[0].arrays)
+            sent = np.asarray(arrays_in.pop("sent"), np.float64)
+            part = unnamed(self.down_like, arrays_in, "msg")
+            if self.same_reply:
+                part = jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape), part)
+            return part, sent, 0.0
         got, missing = self._gather_rows("up", t, step, flat, plan)
         weights = np.asarray(self.weights).copy()
         absent = np.isin(self.owner, list(missing))
         weights[absent] = 0.0  # participants whose update never came
-        inbox = self.steps.deliver(self._unflat(got, step), arrays, table, peers,
-                                   jnp.asarray(weights), jnp.int32(t))  # fmt: skip
-        down = named(jax.tree.map(lambda a: a[0], inbox), "msg")
+        inbox, sent, server = self.steps.serve(
+            self._unflat(got, step), arrays, table, peers, jnp.asarray(weights),
+            jnp.int32(t),
+        )  # fmt: skip
+        sent = np.asarray(sent, np.float64)
         for r in sorted(set(live) - {0}):
-            self._post(r, "down", t, step, down)
-        return inbox
+            rows = self.blocks[r]
+            part = jax.tree.map(lambda a, rows=rows: a[rows[0]] if self.same_reply
+                                else a[rows], inbox)  # fmt: skip
+            self._post(r, "down", t, step, {**named(part, "msg"), "sent": sent[rows]})
+        mine = jax.tree.map(lambda a: a[self.block], inbox)
+        return mine, sent[self.block], float(server)
 
 
 def state_rows(state, block: np.ndarray, full):

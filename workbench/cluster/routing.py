@@ -6,7 +6,8 @@ A round's messages are stacked arrays whose leading axes index deliveries:
 ``n * k`` rows. A route lists, for each (sender rank, receiver rank), the rows
 the receiver needs: those whose sender peer the first owns and whose receiver
 peer (or, for ``average``/``gather``, any out-neighbour) the second owns.
-``server`` rows all go to rank 0, which sends the mean back. Every node
+``server``, ``coordinator`` and ``hierarchy`` rows all go to rank 0, which
+runs the exchange and sends each node its peers' part back. Every node
 computes the same routes from the same W, so a receiver knows exactly what to
 expect from whom.
 
@@ -60,7 +61,7 @@ def _edges(idx, weight, peers, owner, me, live) -> Route:
 
 
 def _server(idx, weight, peers, owner, me, live) -> Route:
-    """server: every participant's row goes to rank 0."""
+    """server (coordinator, hierarchy): every participant's row goes to rank 0."""
     pos = np.arange(len(peers))
     src = owner[peers]
     route = _pairs(pos, src, np.zeros_like(src), me, live)
@@ -72,6 +73,8 @@ ROUTES: dict[str, Callable] = {
     "gather": _senders,
     "edge": _edges,
     "server": _server,
+    "coordinator": _server,
+    "hierarchy": _server,
 }
 
 

@@ -5,7 +5,9 @@ functions called on the block (its peers' rows of state, data and the
 topology view), with the same ``fold_in(seed, round, purpose, peer)`` keys;
 ``send`` runs the exchange's ``prepare`` and ``cost`` on the round's messages
 (rows of peers on other nodes are zeros there and never read), ``deliver``
-its ``deliver`` on the messages assembled from the wire. Every stacked
+its ``deliver`` on the messages assembled from the wire. For the exchanges a
+server runs (``SERVED``), the outboxes themselves travel to rank 0, whose
+``serve`` runs the whole exchange on them as the simulator does. Every stacked
 message array keeps the simulator's shape, so the node's numbers are the
 simulator's.
 """
@@ -23,6 +25,9 @@ from workbench.comm.exchange import EXCHANGES
 from workbench.comm.messages import plain
 from workbench.rounds import RoundSpec, make_phases, peer_topology
 
+# exchanges whose server side runs on rank 0 (the uploads' routes: routing.py)
+SERVED = frozenset({"server", "coordinator", "hierarchy"})
+
 
 class NodeSteps(NamedTuple):
     topology: Callable  # (topo_data, t) -> arrays, table, view (the whole graph)
@@ -32,6 +37,8 @@ class NodeSteps(NamedTuple):
     send: Callable  # (outbox, arrays, table, peers, weights, t) -> msgs, sent, srv
     deliver: Callable  # (msgs, arrays, table, peers, weights, t) -> inbox rows (b, ...)
     combine: Callable  # (state_b, inbox_b, view) -> state_b
+    # (outbox, arrays, table, peers, weights, t) -> inbox (n, ...), sent (n,), srv
+    serve: Callable
 
 
 def _take(tree, ids):
@@ -88,6 +95,9 @@ def node_steps(spec: RoundSpec, seed: int, block: np.ndarray) -> NodeSteps:
     def combine(state, inbox, view):
         return ph.combine(state, inbox, _take(view, ids))
 
+    def serve(outbox, arrays, table, peers, weights, t):
+        return ph.exchange(outbox, arrays, table, peers, weights[peers], t)
+
     def view_of(arrays):
         return peer_topology(arrays, n)
 
@@ -99,4 +109,5 @@ def node_steps(spec: RoundSpec, seed: int, block: np.ndarray) -> NodeSteps:
         jax.jit(send),
         jax.jit(deliver),
         jax.jit(combine),
+        jax.jit(serve),
     )

@@ -84,7 +84,8 @@ def encode(
     live=None,
 ) -> list:
     """Frames ``[header, buffers...]`` for ``arrays`` (name -> array)."""
-    bufs = [np.ascontiguousarray(a) for a in arrays.values()]
+    # np.require keeps a 0-d array 0-d (ascontiguousarray makes it (1,))
+    bufs = [np.require(a, requirements="C") for a in arrays.values()]
     specs = [
         [name, str(b.dtype), list(b.shape), b.nbytes]
         for name, b in zip(arrays, bufs, strict=True)

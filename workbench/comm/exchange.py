@@ -84,6 +84,9 @@ class Exchange(NamedTuple):
     cost: Callable[[Any, Context], tuple[jax.Array, jax.Array]]
     needs_table: bool = False
     prepare: Callable[[Any, Context], Any] = _as_is
+    # a server's reply is one value for every peer (a network transport sends
+    # it once per node, not once per peer)
+    same_reply: bool = False
 
     def run(self, outbox, ctx: Context):
         """(inbox, sent (n,), server ()) with the messages made once."""
@@ -347,9 +350,12 @@ EXCHANGES = {
     "average": Exchange(_deliver_average, _cost_broadcast),
     "gather": Exchange(_deliver_gather, _cost_broadcast, needs_table=True),
     "edge": Exchange(_deliver_edge, _cost_edge, True, _edge_messages),
-    "server": Exchange(_deliver_server, _cost_server),
+    "server": Exchange(_deliver_server, _cost_server, same_reply=True),
     "hierarchy": Exchange(_deliver_hierarchy, _cost_hierarchy),
     "coordinator": Exchange(
-        _deliver_coordinator, _cost_coordinator, prepare=_prepare_coordinator
+        _deliver_coordinator,
+        _cost_coordinator,
+        prepare=_prepare_coordinator,
+        same_reply=True,
     ),
 }
