@@ -141,3 +141,42 @@ def test_one_party_without_central_training_is_refused():
             {"name": "hierarchical", "parties": 1, "central_trains": False},
             "algorithm", loss_fn=quadratic_loss, optimizer=lambda s: optax.sgd(0.1),
         )  # fmt: skip
+
+
+def test_a_party_client_runs_kappa1_steps_per_worker_then_the_party_mean():
+    """HiPS's asynchronous global layer with parties of workers: 2 party
+    rounds of 2 workers x kappa1 = 2 steps, by hand. The loss of a batch is
+    the mean of 0.5 (x - v)^2 over its values v, so a step is
+    x <- x - lr (x - mean v)."""
+    from workbench.algorithms.async_server import Party, party_trained
+    from workbench.objective import Batch
+
+    def loss(x, batch):
+        return jnp.mean(0.5 * (x - batch.x) ** 2)
+
+    values = np.arange(8.0 * 3).reshape(8, 3)  # 8 batches of 3 values
+    batches = Batch(jnp.asarray(values), jnp.zeros((8, 3), jnp.int32),
+                    jnp.ones((8, 3)))  # fmt: skip
+    got, _ = party_trained(loss, optax.sgd(LR), jnp.asarray(1.0), batches,
+                           Party(workers=2, kappa1=2))  # fmt: skip
+    x = 1.0
+    for r in range(2):
+        ends = []
+        for w in range(2):
+            y = x
+            for k in range(2):
+                y = y - LR * (y - values[r * 4 + w * 2 + k].mean())
+            ends.append(y)
+        x = np.mean(ends)
+    assert float(got) == pytest.approx(x, rel=1e-12)
+
+
+def test_hips_async_with_parties_of_workers_draws_each_workers_batches():
+    from workbench.algorithms import ALGORITHMS
+    from workbench.optim import local_optimizer
+
+    alg = ALGORITHMS.build(
+        {"name": "fedbuff", "buffer": 1, "local_steps": 3, "workers": 4, "kappa1": 2},
+        "algorithm", loss_fn=quadratic_loss, optimizer=local_optimizer(lr=LR),
+    )  # fmt: skip
+    assert alg.rounds.local_steps == 3 * 4 * 2  # batches drawn per upload

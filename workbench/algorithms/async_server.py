@@ -15,7 +15,11 @@ arrive, and the tick's uploaders pull the model after the tick's last one.
 - FedBuff (Nguyen et al. 2022, arXiv 2106.06639): the client uploads its
   delta x - w_pulled; the server sums K of them and then steps
   w <- w + server_lr * sum / K. With K equal to the cohort and server_lr 1
-  it is FedAvg with uniform weights.
+  it is FedAvg with uniform weights. A client may be a party of ``workers``
+  (HiPS, with a buffer of 1: ASGD on party deltas): each of its
+  ``local_steps`` party rounds is ``kappa1`` steps of every worker from the
+  party model, then their mean. The workers draw their batches from the
+  party's data (the party's data split among them i.i.d.).
 - ASGD: the client uploads the gradient at the model it pulled; the server
   applies it with the scenario's optimizer (optax: lr, momentum, schedule).
 - DC-ASGD (Zheng et al. 2017, arXiv 1609.08326), the paper's version: the
@@ -89,6 +93,38 @@ def _trained(loss_fn, opt, state: ClientState, batches):
     return params, loss
 
 
+class Party(NamedTuple):
+    """A client that is a party of workers (HiPS): each of its ``local_steps``
+    party rounds is ``kappa1`` local steps of each of its ``workers`` from the
+    party model, then the party model becomes their mean."""
+
+    workers: int
+    kappa1: int
+
+    def batches_per_round(self) -> int:
+        return self.workers * self.kappa1
+
+
+def party_trained(loss_fn, opt, params, batches, party: Party):
+    """(the party model after its rounds, the mean loss): ``batches`` leaves
+    (rounds * workers * kappa1, ...), worker w's steps of round r at rows
+    r * workers * kappa1 + w * kappa1 + [0, kappa1)."""
+    w, k = party.workers, party.kappa1
+
+    def party_round(x, round_batches):
+        def worker(b):
+            y, _, loss = local_steps(loss_fn, opt, x, opt.init(x), b)
+            return y, loss
+
+        split = jax.tree.map(lambda a: a.reshape((w, k) + a.shape[1:]), round_batches)
+        ys, losses = jax.vmap(worker)(split)
+        return jax.tree.map(lambda a: jnp.mean(a, axis=0), ys), jnp.mean(losses)
+
+    rounds = jax.tree.map(lambda a: a.reshape((-1, w * k) + a.shape[1:]), batches)
+    params, losses = jax.lax.scan(party_round, params, rounds)
+    return params, jnp.mean(losses)
+
+
 # ------------------------------------------------------------------ FedAsync
 
 
@@ -146,10 +182,16 @@ def fedbuff(
     buffer: int = 10,
     server_lr: float = 1.0,
     steps: int = 1,
+    party: Party | None = None,
 ) -> Algorithm:
     def local(state, batches, topo, key):
         del topo, key
-        params, loss = _trained(loss_fn, local_opt, state, batches)
+        if party is None:
+            params, loss = _trained(loss_fn, local_opt, state, batches)
+        else:
+            params, loss = party_trained(
+                loss_fn, local_opt, state.params, batches, party
+            )
         return state._replace(loss=loss), jax.tree.map(
             jnp.subtract, params, state.params
         )
@@ -176,7 +218,8 @@ def fedbuff(
             jnp.where(full, 0, server.count + 1),
         )
 
-    rounds = RoundStructure(local_steps=steps)
+    batches = steps * (party.batches_per_round() if party else 1)
+    rounds = RoundStructure(local_steps=batches)
     server = Server(init, receive, _reply)
     return Algorithm(_client_init, local, _pull, "server", rounds, server=server)
 
@@ -268,8 +311,14 @@ def _fedbuff(
     buffer: Annotated[int, Field(ge=1)] = 10,
     server_lr: float = 1.0,
     local_steps: int = 1,
+    workers: Annotated[int, Field(ge=1)] = 1,
+    kappa1: Annotated[int, Field(ge=1)] = 1,
 ) -> Algorithm:
-    return fedbuff(loss_fn, optimizer(local_steps), buffer, server_lr, local_steps)
+    party = Party(workers, kappa1) if workers * kappa1 > 1 else None
+    return fedbuff(
+        loss_fn, optimizer(local_steps * kappa1), buffer, server_lr, local_steps,
+        party,
+    )  # fmt: skip
 
 
 @ALGORITHMS.register("asgd")
