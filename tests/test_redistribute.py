@@ -135,7 +135,7 @@ def test_a_crashed_peers_top_k_moves_in_a_clocked_run(tmp_path):
 def test_the_overlay_survives_a_resume_and_any_strategy(tmp_path, monkeypatch):
     import workbench.runner as runner
     from tests.test_clock_runs import BASE, table
-    from workbench.errors import WorkbenchError
+    from tests.test_run_safety import cut_run
 
     crashes = [{"peer": 2, "at": 1.0}, {"peer": 6, "at": 2.5}]
     clock = {"faults": {"schedule": crashes, "redistribute": 4}}
@@ -145,6 +145,7 @@ def test_the_overlay_survives_a_resume_and_any_strategy(tmp_path, monkeypatch):
         if strategy == "vmap":
             execution = {"strategy": "vmap"}
         return str(write_scenario(tmp_path, **{**BASE, "clock": clock,
+                                               "eval_every": 2,
                                                "execution": execution}))  # fmt: skip
 
     whole = runner.run(path("vmap"), [], out=str(tmp_path / "w"), progress=False)
@@ -155,19 +156,12 @@ def test_the_overlay_survives_a_resume_and_any_strategy(tmp_path, monkeypatch):
     np.testing.assert_allclose(
         mapped, [[float(v) for v in r.values()] for r in got], rtol=2e-5, atol=1e-6
     )
-    real_save = runner.save_checkpoint
-
-    def killed(run_dir, round_, *args, **kwargs):
-        saved = real_save(run_dir, round_, *args, **kwargs)
-        if round_ == 4:
-            raise KeyboardInterrupt
-        return saved
-
-    monkeypatch.setattr(runner, "save_checkpoint", killed)
-    with pytest.raises(WorkbenchError, match="interrupted"):
-        runner.run(path("vmap"), [], out=str(tmp_path / "cut"), progress=False)
-    monkeypatch.setattr(runner, "save_checkpoint", real_save)
-    runner.run(None, [], resume=str(tmp_path / "cut"), progress=False)
+    changes = {**BASE, "clock": clock, "eval_every": 2,
+               "execution": {"strategy": "vmap"}}  # fmt: skip
+    cut = cut_run(tmp_path, monkeypatch, 4, **changes)
+    back = runner.run(None, [], resume=str(cut), progress=False)
+    # both crashes came before the cut: the overlay came back from the checkpoint
+    assert back.summary["clock"]["redistributed_samples"] == 8
     assert table(tmp_path / "cut") == got
 
 
