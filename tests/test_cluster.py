@@ -247,3 +247,31 @@ def test_an_update_that_misses_the_timeout_leaves_the_server_mean(caplog):
     assert w.min() > 0 and w[0] != w[1]  # the test tells the weighting apart
     mean = (w[0] * x[0] + w[1] * x[1]) / w.sum()
     np.testing.assert_allclose(got, np.stack([mean, mean]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_reply_with_rows_for_another_block_stops_the_node_in_one_line():
+    """Rank 1 of a hierarchy run (peers 2, 3) gets rank 0's reply with three
+    rows: it stops with one line, not a shape error."""
+    from workbench.cluster.hosts import Hosts
+    from workbench.cluster.node import Node, named
+    from workbench.cluster.wire import Message
+    from workbench.engine import build
+    from workbench.errors import WorkbenchError
+    from workbench.scenario import load_scenario
+
+    sc = load_scenario("scenarios/hips_cpu.yaml", ["peers=4", "model.hidden=[4]"])
+    hosts = Hosts.model_validate(
+        {"nodes": [{"host": "127.0.0.1", "port": p} for p in free_ports(2)]}
+    )
+    node = Node(build(sc), hosts, 1, None)
+    try:
+        like = jax.tree.map(lambda a: np.zeros((3,) + a.shape, a.dtype), node.down_like)
+        bad = {**named(like, "msg"), "sent": np.zeros(3)}
+        node.transport.wait = lambda *a: {0: Message("down", 0, 0, 0, bad, None)}
+        node.transport.send = lambda *a, **k: 0
+        with pytest.raises(
+            WorkbenchError, match=r"rows for \[3\] peers, this node holds 2"
+        ):
+            node.round(0, {0, 1})
+    finally:
+        node.transport.close()

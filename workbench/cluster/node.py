@@ -333,6 +333,14 @@ class Node:
                 )
             arrays_in = dict(got[0].arrays)
             sent = np.asarray(arrays_in.pop("sent"), np.float64)
+            rows = {len(sent)} | (
+                set() if self.same_reply else {a.shape[0] for a in arrays_in.values()}
+            )
+            if rows != {b}:
+                raise WorkbenchError(
+                    f"rank 0's reply in round {t} has rows for {sorted(rows)} peers, "
+                    f"this node holds {b}; stopping"
+                )
             part = unnamed(self.down_like, arrays_in, "msg")
             if self.same_reply:
                 part = jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape), part)
