@@ -92,15 +92,15 @@ CASES = {
     # those pay (the coordinator exchange)
     "dynamic_averaging": (
         "scenarios/dynfed_cpu.yaml",
-        ["rounds=6", "eval_every=3", "peers=8", "algorithm.threshold=0.05"],
+        ["rounds=4", "eval_every=2", "peers=8", "algorithm.threshold=0.05"],
         2,
     ),
     # HiPS: parties of workers on different nodes, a 2-bit party-to-global
     # link (the hierarchy exchange, two per round)
     "hierarchical": (
         "scenarios/hips_cpu.yaml",
-        ["rounds=4", "eval_every=2", "peers=8"],
-        3,
+        ["rounds=4", "eval_every=2", "peers=6"],
+        2,
     ),
 }
 
