@@ -275,3 +275,24 @@ def test_a_reply_with_rows_for_another_block_stops_the_node_in_one_line():
             node.round(0, {0, 1})
     finally:
         node.transport.close()
+
+
+def test_a_go_for_an_earlier_incarnation_is_stale_even_for_round_0():
+    """A restarted node finds rank 0's round-0 'go' for its dead process
+    (queued behind a handshake that never finished) before its rejoin: it
+    drops it and takes the rejoin, which names its own incarnation."""
+    from types import SimpleNamespace
+
+    from workbench.cluster.run import Worker
+    from workbench.cluster.wire import Message
+
+    mine, old = np.arange(8, dtype=np.uint8), np.zeros(8, np.uint8)
+    filed = {
+        ("go", 0, 0, 0): Message("go", 0, 0, 0, {"nonce": old}),
+        ("go", 551, 0, 0): Message("go", 551, 0, 0, {"nonce": mine, "state.w": old}),
+    }
+    tr = SimpleNamespace(filed=filed, nonce=mine, pump=lambda s: None)
+    node = SimpleNamespace(transport=tr, hosts=SimpleNamespace(startup_timeout=1.0))
+    assert Worker(node)._next(0).round == 551
+    filed[("go", 0, 0, 0)] = Message("go", 0, 0, 0, {"nonce": mine})
+    assert Worker(node)._next(0).round == 0  # its own round 0: a fresh run

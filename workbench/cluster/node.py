@@ -156,16 +156,19 @@ class Node:
         if self.rank == 0:
             any_state = _specs(self.state, "state", 1)
             done = {"sent": ("float64", (-1,)), "wire": ("float64", (4,))}
+            nonce = {"nonce": ("uint8", (8,))}
             kinds.update(
                 up=msg,
                 done=(done, {**done, **any_state}),
-                ready=({"scenario": ("uint8", (32,))},),
-                heartbeat=({},),
+                ready=({"scenario": ("uint8", (32,)), **nonce},),
+                heartbeat=(nonce,),
             )
         else:
             rows = None if self.same_reply else 1
             down = {**_specs(self.down_like, "msg", rows), "sent": ("float64", (-1,))}
-            kinds.update(go=({}, own_state), down=(down,))
+            nonce = {"nonce": ("uint8", (8,))}
+            go = (nonce, {**nonce, **own_state})
+            kinds.update(go=go, down=(down,))
         return Expect(self.rank, self.ranks, kinds)
 
     # ---------------------------------------------------------- the round

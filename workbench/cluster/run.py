@@ -67,11 +67,17 @@ def warmup(node: Node) -> None:
     st, t = node.steps, jnp.int32(0)
     arrays, table, view, _, _ = node.graph(0, range(node.ranks))
     state, outbox, peers = st.local(node.state, *node.data, t, view)
-    msgs, _, _ = st.send(outbox, arrays, table, peers, node.weights, t)
-    inbox = st.deliver(msgs, arrays, table, peers, node.weights, t)
+    if node.served:  # rank 0 serves the outboxes; every node takes its rows
+        inbox = st.serve(outbox, arrays, table, peers, node.weights, t)[0]
+        inbox = jax.tree.map(lambda a: a[node.block], inbox)
+    else:
+        msgs, _, _ = st.send(outbox, arrays, table, peers, node.weights, t)
+        inbox = st.deliver(msgs, arrays, table, peers, node.weights, t)
     state = st.combine(state, inbox, view)
     if st.resend is not None and node.alg.rounds.gossip_steps > 1:
-        st.resend(state, view)
+        outbox = st.resend(state, view)
+        if node.served:
+            st.serve(outbox, arrays, table, peers, node.weights, t)
     jax.block_until_ready(state)
 
 
@@ -172,11 +178,13 @@ class Worker:
     def _next(self, expected: int):
         """The next ``go`` or ``stop`` message, or an error.
 
-        A ``go`` is taken for round ``expected``, or for a later round when it
-        carries this block's state (a rejoin). Any other is stale: rank 0
-        queued it for this rank's previous process, which died, and a restarted
-        node that ran it would advance past the round it is rejoined at and
-        drop that round's data as out of order.
+        A ``go`` is taken when it names this process's incarnation (the nonce
+        of its ``ready``) and is for round ``expected``, or for a later round
+        carrying this block's state (a rejoin). Any other is stale: rank 0
+        queued it for this rank's previous process, which died (even a round
+        0 ``go`` still queued behind a handshake), and a restarted node that
+        ran it would advance past the round it is rejoined at and drop that
+        round's data as out of order.
         """
         tr = self.node.transport
         wait = self.node.hosts.startup_timeout  # rank 0 may be evaluating
@@ -184,8 +192,11 @@ class Worker:
         while time.monotonic() < deadline:
             for key in sorted(k for k in tr.filed if k[0] in ("go", "stop")):
                 msg = tr.filed.pop(key)
-                rejoin = bool(msg.arrays) and msg.round >= expected
-                if msg.kind == "stop" or msg.round == expected or rejoin:
+                if msg.kind == "stop":
+                    return msg
+                mine = bytes(msg.arrays["nonce"]) == bytes(tr.nonce)
+                rejoin = len(msg.arrays) > 1 and msg.round >= expected
+                if mine and (msg.round == expected or rejoin):
                     return msg
                 log.warning(
                     "dropped a stale 'go' for round %d (now at %d)",
@@ -201,15 +212,16 @@ class Worker:
         node, tr = self.node, self.node.transport
         sc = node.sim.scenario
         tr.start_heartbeat(0)
-        tr.send(0, "ready", 0, 0, {"scenario": scenario_digest(sc)})
+        tr.send(0, "ready", 0, 0, {"scenario": scenario_digest(sc), "nonce": tr.nonce})
         expected = 0
         while True:
             msg = self._next(expected)
             if msg.kind == "stop":
                 return
             t = msg.round
-            if msg.arrays:  # a rejoin: rank 0's last checkpoint of this block
-                node.state = unnamed(node.state, dict(msg.arrays), "state")
+            block = {k: v for k, v in msg.arrays.items() if k != "nonce"}
+            if block:  # a rejoin: rank 0's last checkpoint of this block
+                node.state = unnamed(node.state, block, "state")
                 node.state = jax.tree.map(jnp.asarray, node.state)
                 log.info("rejoined at round %d from the last checkpoint", t)
             sent, _ = node.round(t, msg.live)
@@ -340,6 +352,8 @@ class Coordinator:
                     arrays = self._block(r)
                     self.events.append({"round": t, "rank": r, "event": "rejoined"})
                     log.info("node %d rejoins at round %d", r, t)
+                nonce = np.frombuffer(tr.incarnation[r], np.uint8)
+                arrays = {"nonce": nonce, **arrays}  # in the order _expect names
                 tr.send(r, "go", t, 0, arrays, live=sorted(self.live))
             sent, server = node.round(t, self.live)
             self.sent[node.block] += sent

@@ -13,10 +13,12 @@ own socket tells rank 0 this node is alive, even while a jitted step runs.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
 
+import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -66,6 +68,11 @@ class Transport:
         self.floor: int | None = None
         self.sent_bytes = 0  # header and array bytes sent, all messages
         self.heard: dict[int, float] = {}  # rank -> monotonic time last heard
+        # this process's incarnation: random, sent with its ready and heartbeats;
+        # a restarted node has a new one, so what was meant for the process
+        # before it (queued while it was down) is told apart
+        self.nonce = np.frombuffer(os.urandom(8), np.uint8).copy()
+        self.incarnation: dict[int, bytes] = {}  # rank -> its latest nonce
         self.stopping = threading.Event()
         self.beat = None
         address = hosts.address(rank, bind=True)
@@ -111,7 +118,8 @@ class Transport:
 
         def beat():
             while not self.stopping.wait(self.hosts.heartbeat):
-                sock.send_multipart(encode("heartbeat", 0, 0, self.rank, to, {}))
+                beat = {"nonce": self.nonce}
+                sock.send_multipart(encode("heartbeat", 0, 0, self.rank, to, beat))
             sock.close()
 
         self.beat = threading.Thread(target=beat, daemon=True)
@@ -141,6 +149,8 @@ class Transport:
             log.warning("rank %d dropped a message: %s", self.rank, e)
             return
         self.heard[msg.sender] = time.monotonic()
+        if "nonce" in msg.arrays and msg.kind in ("ready", "heartbeat"):
+            self.incarnation[msg.sender] = bytes(msg.arrays["nonce"])
         key = (msg.kind, msg.round, msg.step, msg.sender)
         if msg.kind in ROUND_KINDS:
             floor = msg.round if self.floor is None else self.floor
