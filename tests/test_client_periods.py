@@ -68,10 +68,15 @@ def test_a_schedule_sends_its_count_evenly_ending_in_its_last_round():
     np.testing.assert_array_equal(rounds_sent(10, 4, start=5), [7, 9, 12, 14])
     np.testing.assert_array_equal(rounds_sent(7, 1), [6])
     np.testing.assert_array_equal(rounds_sent(3, 3), [0, 1, 2])
-    for span in range(1, 25):
-        for count in range(1, span + 1):
-            sent = rounds_sent(span, count)
-            assert len(sent) == count and sent[-1] == span - 1
+    # every (span, count) with count <= span <= 24 in one call
+    pairs = np.array([(s, c) for s in range(1, 25) for c in range(1, s + 1)])
+    span, count = (jnp.asarray(pairs[:, j : j + 1]) for j in (0, 1))
+    u = jnp.arange(30)[None, :]
+    sent = np.asarray(sends_at(u, jnp.zeros_like(span), span, count))
+    np.testing.assert_array_equal(sent.sum(axis=1), pairs[:, 1])
+    last = np.asarray(pairs[:, 0]) - 1  # the schedule's last round sends
+    assert sent[np.arange(len(pairs)), last].all()
+    assert not sent[u >= span].any()  # nothing after it
     assert len(rounds_sent(0, 1)) == 0  # nothing left to schedule
 
 

@@ -132,7 +132,7 @@ def test_dynfed_periods_cpu_pays_each_clients_svd_share(tmp_path):
 
 
 def test_dynfed_faults_cpu_sends_each_crashed_clients_top_k(tmp_path):
-    over = ["rounds=30", "eval_every=30"]
+    over = ["rounds=24", "eval_every=24"]
     summary = run("scenarios/dynfed_faults_cpu.yaml", over, out=str(tmp_path / "f"),
                   progress=False).summary  # fmt: skip
     lost = run("scenarios/dynfed_faults_cpu.yaml",
