@@ -57,7 +57,7 @@ def positions(size, moved, moved_n, peer, m: int):
     own = pos < size[peer]
     j = pos - size[peer]
     extra = ~own & (j < moved_n[peer])
-    theirs = moved[peer, jnp.clip(j, 0, max(cap - 1, 0))] if cap else 0
+    theirs = moved[peer, jnp.clip(j, 0, cap - 1)]  # cap >= 1 (see overlay)
     flat = jnp.where(own, peer * m + jnp.minimum(pos, m - 1), theirs)
     real = own | extra
     return jnp.where(real, flat, 0), real

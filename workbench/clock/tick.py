@@ -113,7 +113,6 @@ def make_tick(spec, seed: int):
         return factor * (link.latency + bits / BITS_PER_BYTE / link.bandwidth)
 
     local = _make_local(spec, seed)
-    capacity = faults.capacity
     redistribute = None
     if faults.redistribute is not None:
 
@@ -184,7 +183,6 @@ def make_tick(spec, seed: int):
             moved, moved_n, shipped = redistribute(
                 st.params, tuple(data), moved, moved_n, down, alive
             )
-        if capacity:
             data = overlay(*data, moved, moved_n)
 
         # 2. the cohort's idle live peers start a step

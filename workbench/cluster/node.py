@@ -359,9 +359,9 @@ class Node:
         sent = np.asarray(sent, np.float64)
         for r in sorted(set(live) - {0}):
             rows = self.blocks[r]
-            part = jax.tree.map(lambda a, rows=rows: a[rows[0]] if self.same_reply
-                                else a[rows], inbox)  # fmt: skip
-            self._post(r, "down", t, step, {**named(part, "msg"), "sent": sent[rows]})
+            pick = rows[0] if self.same_reply else rows  # one row, or the block's
+            part = named(jax.tree.map(lambda a, p=pick: a[p], inbox), "msg")
+            self._post(r, "down", t, step, {**part, "sent": sent[rows]})
         mine = jax.tree.map(lambda a: a[self.block], inbox)
         return mine, sent[self.block], float(server)
 
