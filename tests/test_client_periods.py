@@ -172,3 +172,28 @@ def test_loss_mode_rescores_each_sender_over_the_rounds_left():
     want = np.clip(np.ceil(score * budget * left / rounds - 1e-6), 1, max(left, 1))
     np.testing.assert_array_equal(np.asarray(state.count), want)
     np.testing.assert_array_equal(np.asarray(state.start), 3)
+
+
+def test_the_builder_scores_at_the_scenarios_percentile():
+    """Peer 2's singular values 6, 3, 1: index 2 at 0.95 (score 2/3 between
+    the rank-1 peer's 0 and the flat peer's 3) but 0 at 0.5 (score 0)."""
+    from types import SimpleNamespace
+
+    from workbench.algorithms import ALGORITHMS
+
+    xs = np.zeros((3, 4, 4))
+    xs[0] = np.outer(np.arange(1.0, 5.0), [1.0, 2.0, 0.0, 1.0])
+    xs[1], xs[2, :3, :3] = np.eye(4), np.diag([6.0, 3.0, 1.0])
+    training = (xs, np.zeros((3, 4), np.int32), np.array([4, 4, 3]))
+
+    def count(percentile):
+        alg = ALGORITHMS.build(
+            {"name": "client_periods", "mode": "svd", "communications": 12,
+             "percentile": percentile},
+            "algorithm", loss_fn=quadratic_loss, optimizer=lambda s: optax.sgd(LR),
+            training=training, rounds=12,
+        )  # fmt: skip
+        topo = SimpleNamespace(idx=jnp.array([2]))
+        return int(alg.init(jnp.zeros(()), None, topo).count)
+
+    assert count(0.95) == 8 and count(0.5) == 1
