@@ -129,17 +129,13 @@ def test_keep_best_only_adopts_a_better_validated_model():
     assert not np.allclose(a, b)  # some result was refused
 
 
-def test_smpl_needs_its_sessions_and_no_clock():
-    from workbench.clock import build_clock
-
+def test_smpl_needs_its_sessions():
     with pytest.raises(ScenarioError, match="topology.name: smpl runs"):
         ALGORITHMS.build(
             {"name": "smpl"}, "algorithm", loss_fn=make_loss(MLP().apply),
             optimizer=local_optimizer(lr=0.1), apply_fn=MLP().apply,
             validation=validation_split(N), graph={"name": "ring"},
         )  # fmt: skip
-    with pytest.raises(ScenarioError, match="'smpl' runs sessions"):
-        build_clock(None, build(), "smpl", N, 0, 1.0, 1.0, {})
 
 
 def test_smpl_cpu_beats_chance_from_its_scenario(tmp_path):

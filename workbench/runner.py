@@ -451,7 +451,7 @@ def _clock_summary(sim: Simulation, state, row: dict) -> dict:
     """What the virtual clock did: mode, time, steps finished per peer."""
     cfg = sim.spec.clock.config
     steps = np.asarray(jax.device_get(state.clock.steps))
-    return {
+    out = {
         "mode": cfg.mode,
         "virtual_time": row.get("virtual_time"),
         "steps_per_peer_min": int(steps.min()),
@@ -461,6 +461,10 @@ def _clock_summary(sim: Simulation, state, row: dict) -> dict:
         # samples sent to live peers by redistribution (dyn-fed's failures)
         "redistributed_samples": int(np.asarray(state.clock.moved_n).sum()),
     }
+    sessions = sim.spec.algorithm.sessions
+    if sessions is not None:  # a peer's steps are the sessions it finished
+        out["sessions_finished"] = int(steps.sum()) // sessions.uniform
+    return out
 
 
 def _summary(

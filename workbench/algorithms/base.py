@@ -52,14 +52,21 @@ class RoundStructure(NamedTuple):
     # SCAFFOLD's c) that must see every round's aggregate: not on the clock,
     # where only the peers that receive it combine
     server_copies: bool = False
-    # every peer must be in the same round (stages of a session): not on the
-    # clock, where peers step on their own schedules
-    lockstep: bool = False
 
 
 def tree_where(cond, a: PyTree, b: PyTree) -> PyTree:
     """``a`` where the () bool ``cond`` holds, else ``b`` (one peer's trees)."""
     return jax.tree.map(lambda x, y: jax.numpy.where(cond, x, y), a, b)
+
+
+def rows_where(mask, new: PyTree, old: PyTree) -> PyTree:
+    """``new`` on the rows where the (k,) bool ``mask`` holds, else ``old``
+    (trees whose leaves have a leading axis k)."""
+
+    def pick(a, b):
+        return jax.numpy.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(pick, new, old)
 
 
 def cohort_size(fraction: float, n: int) -> int:
@@ -91,6 +98,26 @@ class Server(NamedTuple):
     send: Callable
 
 
+class Sessions(NamedTuple):
+    """Sessions on the virtual clock (SMPL): cliques that a scheduler forms
+    and ends on their own schedules (workbench.clock.sessions), each peer in
+    up to ``regular`` at once. Per member (one peer's state):
+
+    ``score(state) -> ()`` what it offers (the start's choice); ``choose(ids
+    (u,), scores (u,), key) -> sender id``; ``train(state, origin, batches,
+    key) -> (delta (a Coded tree), loss)`` its delta from the session's start
+    ``origin``; ``apply(state, origin, mean delta) -> state`` the session's end.
+    """
+
+    uniform: int  # members per session
+    regular: int  # sessions per peer at once, at most
+    variety: int  # members new to the originator, at least
+    score: Callable
+    choose: Callable
+    train: Callable
+    apply: Callable
+
+
 class Algorithm(NamedTuple):
     init: Callable[[PyTree, jax.Array], PyTree]
     local: Callable[..., tuple[PyTree, PyTree]]  # (state, batches, topo, key)
@@ -109,6 +136,8 @@ class Algorithm(NamedTuple):
     # the ``server`` exchange's reduction, (uploads (m, ...), weights (m,)) ->
     # model (an AGGREGATORS entry); None: the weighted mean
     aggregate: Callable | None = None
+    # its own sessions on the virtual clock (SMPL) instead of rounds there
+    sessions: Sessions | None = None
 
 
 def local_steps(

@@ -21,24 +21,29 @@ A peer that a session leaves out trains alone from its model every round. A
 peer is evaluated on its kept model. SMPL's help text says epsilon picks a
 random member and its code that it picks the best; here epsilon is the
 probability of the best member (the code's reading). The seed's own peer
-update is effectively a no-op; this is the protocol as described. Sessions
-are synchronous (each peer in one clique at a time); the concurrent form
-(``regular`` > 1, workbench.topology.hyperedges' scheduler) is not run yet.
+update is effectively a no-op; this is the protocol as described.
+
+On the virtual clock (a ``clock:`` section, or ``regular`` > 1) the same
+member steps run as concurrent sessions, each peer in up to ``regular`` at
+once and each new session with at least ``variety`` members new to its
+originator: ``Algorithm.sessions``, run by workbench.clock.sessions.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from pydantic import Field
 
 from workbench.algorithms.base import (
     Algorithm,
     LossFn,
     PyTree,
     RoundStructure,
+    Sessions,
     tree_where,
 )
 from workbench.algorithms.registry import ALGORITHMS
@@ -99,6 +104,9 @@ def smpl(
     explore: int = 1,
     hogwild: int = 1,
     keep_best: bool = True,
+    uniform: int = 2,
+    regular: int = 1,
+    variety: int = 1,
 ) -> Algorithm:
     val_x, val_y, val_n = (jnp.asarray(a) for a in validation)
     topk = COMPRESSORS.build({"name": "topk", "fraction": fraction}, "compressor")
@@ -136,10 +144,8 @@ def smpl(
     def alone(topo):
         return ~jnp.any(topo.mask)
 
-    def local(state, batches, topo, key):
-        stage = state.round % 3
-        solo = alone(topo)
-        origin = tree_where(solo, state.params, state.start)
+    def member(state, origin, batches, key):
+        """(state with its loss, its top-k delta from ``origin``)."""
         shaped = jax.tree.map(
             lambda a: a.reshape((steps, hogwild) + a.shape[1:]), batches
         )
@@ -153,15 +159,33 @@ def smpl(
             trained, loss = train(origin, shaped, 1.0)
         delta = jax.tree.map(jnp.subtract, trained, origin)
         q, _, bits = topk.apply(delta, topk.init(delta), key)
+        return state._replace(loss=loss), Coded(q, bits)
+
+    def keep(state, origin, mean):
+        """The session's end: ``origin`` + the mean delta, kept if it validates
+        better than the best so far (always without ``keep_best``)."""
+        result = jax.tree.map(jnp.add, origin, mean)
+        acc = validate(result, state.peer)
+        better = (acc > state.best) | (not keep_best)
+        return state._replace(
+            params=tree_where(better, result, state.params),
+            best=jnp.where(better, acc, state.best),
+        )
+
+    def local(state, batches, topo, key):
+        stage = state.round % 3
+        solo = alone(topo)
+        origin = tree_where(solo, state.params, state.start)
+        trained, delta = member(state, origin, batches, key)
         training = (stage == TRAIN) | solo
         sends_start = (stage == START) & (state.sender == state.peer) & ~solo
-        model = tree_where(training, q, state.params)  # a lone peer: its own delta
+        model = tree_where(training, delta.value, state.params)  # alone: own delta
         model_bits = jnp.where(
-            (stage == TRAIN) & ~solo, bits,
+            (stage == TRAIN) & ~solo, delta.bits,
             jnp.where(sends_start, uncompressed_bits(state.params), 0.0),
         )  # fmt: skip
         acc = sent_if(state.best.astype(jnp.float32), (stage == OFFER) & ~solo)
-        loss = jnp.where(training, loss, 0.0)
+        loss = jnp.where(training, trained.loss, 0.0)
         return state._replace(loss=loss), Message(Coded(model, model_bits), acc)
 
     def combine(state, inbox: Inbox, topo):
@@ -179,14 +203,7 @@ def smpl(
         # train: start + the members' mean delta (a lone peer: its own)
         origin = tree_where(solo, state.params, state.start)
         w = real.astype(jnp.float32) / jnp.sum(real)  # column 0: its own delta
-        mean = weighted_mean(inbox.messages.model, w)
-        result = jax.tree.map(jnp.add, origin, mean)
-        acc = validate(result, state.peer)
-        better = (acc > state.best) | (not keep_best)
-        trained = state._replace(
-            params=tree_where(better, result, state.params),
-            best=jnp.where(better, acc, state.best),
-        )
+        trained = keep(state, origin, weighted_mean(inbox.messages.model, w))
         offered = state._replace(sender=sender)
         started = state._replace(start=start)
         out = tree_where(
@@ -195,9 +212,15 @@ def smpl(
         out = tree_where(solo, trained, out)
         return out._replace(round=state.round + 1)
 
-    rounds = RoundStructure(steps * hogwild, 1.0, "uniform", lockstep=True)
-    return Algorithm(init, local, combine, "gather", rounds,
-                     uses_topology=True, init_topology=True)  # fmt: skip
+    def choose(ids, scores, key):
+        return choose_sender(ids, jnp.ones(ids.shape, bool), scores, key, epsilon)
+
+    sessions = Sessions(
+        uniform, regular, variety, lambda state: state.best, choose, member, keep
+    )
+    rounds = RoundStructure(steps * hogwild, 1.0, "uniform")
+    return Algorithm(init, local, combine, "gather", rounds, uses_topology=True,
+                     init_topology=True, sessions=sessions)  # fmt: skip
 
 
 @ALGORITHMS.register("smpl")
@@ -215,6 +238,8 @@ def _smpl(
     explore: int = 1,
     hogwild: int = 1,
     keep_best: bool = True,
+    regular: Annotated[int, Field(ge=1)] = 1,
+    variety: Annotated[int, Field(ge=0)] = 1,
 ) -> Algorithm:
     if graph is not None and graph.get("session_rounds") != 3:
         given = graph.get("name")
@@ -234,6 +259,12 @@ def _smpl(
             "algorithm.explore",
             f"explore and hogwild must be >= 1, got {explore}, {hogwild}",
         )
+    uniform = (graph or {}).get("uniform", 2)
+    if variety > uniform - 1:
+        raise ScenarioError(
+            "algorithm.variety",
+            f"must be in 0..{uniform - 1} (the topology's uniform - 1), got {variety}",
+        )
     if apply_fn is None or validation is None:
         raise ScenarioError(
             "algorithm.name", "smpl needs the engine's model and validation split"
@@ -241,4 +272,5 @@ def _smpl(
     return smpl(
         loss_fn, optimizer(local_steps), apply_fn, validation, seed, local_steps,
         epsilon, fraction, explore, hogwild, keep_best,
+        uniform, regular, variety,
     )  # fmt: skip

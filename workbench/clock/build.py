@@ -23,7 +23,8 @@ BITS_PER_BYTE = 8
 
 def needs_clock(algorithm) -> bool:
     """Whether the algorithm only runs on the clock (a stateful server, pairs)."""
-    return algorithm.server is not None or algorithm.rounds.pairwise
+    concurrent = algorithm.sessions is not None and algorithm.sessions.regular > 1
+    return algorithm.server is not None or algorithm.rounds.pairwise or concurrent
 
 
 def straggler_factor(cfg: ClockConfig, n: int, seed: int) -> np.ndarray:
@@ -59,7 +60,31 @@ def crash_rows(cfg: ClockConfig, n: int) -> np.ndarray:
     return np.asarray(rows, np.float32).reshape(-1, 3)
 
 
+def _check_sessions(cfg: ClockConfig, name: str) -> None:
+    """What sessions on the clock do not simulate (workbench.clock.sessions)."""
+    if cfg.mode != "async":
+        raise ScenarioError(
+            "clock.mode",
+            f"'{name}' sessions start and end on their own schedules: set mode: async",
+        )
+    unsupported = {
+        "clock.faults": cfg.faults.any or cfg.faults.swap_timeout is not None,
+        "clock.link.loss": cfg.link.loss > 0,
+        "clock.link.spread": cfg.link.spread > 0,
+    }
+    for where, given in unsupported.items():
+        if given:
+            raise ScenarioError(
+                where,
+                f"'{name}' sessions on the clock take compute times, stragglers and "
+                "the links' latency and bandwidth; drop this setting",
+            )
+
+
 def _check(cfg: ClockConfig, algorithm, name: str, topology_info: dict) -> None:
+    if algorithm.sessions is not None:
+        _check_sessions(cfg, name)
+        return
     exchange = algorithm.exchange
     if cfg.mode == "async" and algorithm.rounds.gossip_steps > 1:
         raise ScenarioError(
@@ -80,12 +105,6 @@ def _check(cfg: ClockConfig, algorithm, name: str, topology_info: dict) -> None:
             f"'{name}' keeps a copy of the server's state on every peer, which "
             "must see every round's aggregate; on the clock only the peers that "
             "receive it update their copy: drop the clock (or the server optimizer)",
-        )
-    if algorithm.rounds.lockstep:
-        raise ScenarioError(
-            "algorithm.name",
-            f"'{name}' runs sessions whose stages every peer takes in the same "
-            "round; drop the clock",
         )
     if exchange in ("coordinator", "hierarchy"):
         raise ScenarioError(
@@ -118,7 +137,8 @@ def build_clock(
       message_bits: bits of the largest message one peer sends (an upper bound).
       reply_bits: bits of a server's reply (server algorithms).
     """
-    cfg = cfg or ClockConfig()
+    if cfg is None:  # the default clock; sessions are asynchronous
+        cfg = ClockConfig(mode="async" if algorithm.sessions else "sync")
     _check(cfg, algorithm, name, topology_info)
     speed = SPEEDS.build(dict(cfg.compute), "clock.compute", n=n, seed=seed)
     link = cfg.link
@@ -129,6 +149,7 @@ def build_clock(
     gossip_ring = (
         cfg.mode == "async"
         and algorithm.server is None
+        and algorithm.sessions is None
         and algorithm.exchange in ("average", "gather")
     )
     buffer = math.ceil(longest / cfg.tick) + 1 if gossip_ring else 0

@@ -41,12 +41,14 @@ class Ring(NamedTuple):
 
 
 class Clocked(NamedTuple):
-    """A clocked run's state: the algorithm's, the clock's, the ring, the server's."""
+    """A clocked run's state: the algorithm's, the clock's, the ring, the
+    server's, the open sessions."""
 
     alg: PyTree  # the algorithm's stacked state, leaves (n, ...)
     clock: ClockState
     ring: Ring | None  # None: every message arrives in the tick it is sent
     server: PyTree = None  # a stateful server's state (asynchronous FL), or None
+    sessions: PyTree = None  # the sessions in progress (clock.sessions.Open), or None
 
     @property
     def params(self) -> PyTree:

@@ -29,6 +29,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from workbench.algorithms.base import rows_where
 from workbench.clock.delivery import (
     keep_edges,
     latest,
@@ -42,6 +43,7 @@ from workbench.clock.delivery import (
 from workbench.clock.faults import next_up, pull_neighbour, scheduled_up, swap_timeout
 from workbench.clock.pairing import pair_up
 from workbench.clock.redistribute import make_redistribute, overlay
+from workbench.clock.sessions import init_open, make_session_tick
 from workbench.clock.state import Clocked, ClockState
 from workbench.comm.arrays import Table
 from workbench.comm.exchange import EXCHANGES, Context, table_inbox
@@ -50,13 +52,6 @@ from workbench.comm.messages import message_bits, plain
 from workbench.keys import CLOCK, EXCHANGE, PARTICIPATION, TOPOLOGY, round_key
 
 BITS_PER_BYTE = 8.0
-
-
-def _where(mask, new, old):
-    def pick(a, b):
-        return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
-
-    return jax.tree.map(pick, new, old)
 
 
 def _view(table: Table):
@@ -83,6 +78,8 @@ def make_tick(spec, seed: int):
     """``tick(clocked, t, data, topo_data, weights) -> clocked, Traffic, Sent``."""
     from workbench.rounds import Sent, Traffic, sample_peers
 
+    if spec.algorithm.sessions is not None:
+        return make_session_tick(spec, seed)
     alg, n, clock = spec.algorithm, spec.num_peers, spec.clock
     cfg, link = clock.config, clock.config.link
     m = spec.participants
@@ -104,7 +101,7 @@ def make_tick(spec, seed: int):
     )
 
     def keep(mask, new, old):
-        return new if everyone else _where(mask, new, old)
+        return new if everyone else rows_where(mask, new, old)
 
     def delay(bits, factor):
         """Seconds on each link: factor (latency + bytes / bandwidth)."""
@@ -231,7 +228,7 @@ def make_tick(spec, seed: int):
             table, partner = pair_up(table, active, alive, seed, t)
             sends = receives = alive & (active | (partner >= 0))
             idle_msg = spec.lift(lambda s: alg.resend(s, None))(st1)
-            outbox = messages = _where(active, outbox, idle_msg)
+            outbox = messages = rows_where(active, outbox, idle_msg)
         sent_to = real_edges(table) & sends[table.idx] & alive[:, None]
         on_time = ready[table.idx] + lag <= end
         gone = lost(seed, link.loss, t, table.idx, jnp.arange(n)[:, None])
@@ -329,4 +326,7 @@ def init_clocked(spec, seed: int, state, data, topo_data) -> Clocked:
     if alg.server is not None:
         server = alg.server.init(jax.tree.map(lambda x: x[0], state.params), n)
     clock_state = init_clock(n, table.idx.shape[1], clock.config.faults.capacity)
-    return Clocked(state, clock_state, ring, server)
+    sessions = None
+    if alg.sessions is not None:
+        sessions = init_open(spec, state.params)
+    return Clocked(state, clock_state, ring, server, sessions)
