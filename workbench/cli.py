@@ -1,4 +1,5 @@
-"""Command line: workbench simulate | list | topology | privacy | data | cluster.
+"""Command line: workbench simulate | sweep | report | list | topology | privacy |
+data | cluster.
 
 Thin by design: parse, load the scenario, call the runner. User mistakes print
 one line on stderr and exit with status 2, never a traceback; SIGINT and SIGTERM
@@ -71,11 +72,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--data-dir", help="dataset directory, as for simulate")
     _cluster_parser(sub)
+    _sweep_parser(sub)
     d = sub.add_parser("data", help="dataset tools")
     d.add_argument("action", choices=["fetch"])
     d.add_argument("name", help="dataset name, e.g. cifar10, mnist, fashion_mnist")
     d.add_argument("--data-dir", help="where to put the files")
     return p
+
+
+def _sweep_parser(sub) -> None:
+    w = sub.add_parser("sweep", help="run a scenario's grid of points over seeds")
+    w.add_argument("scenario", help="scenario YAML file (its sweep: section, if any)")
+    for flag, what in (("--grid", "every combination"), ("--zip", "walked together")):
+        w.add_argument(
+            flag, action="append", default=[], metavar="KEY=V1,V2",
+            help=f"swept key and its values, {what} (repeatable)",
+        )  # fmt: skip
+    w.add_argument("--seeds", help="N (seeds 0..N-1) or a list 0,3,7")
+    w.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a key of every point (repeatable)",
+    )  # fmt: skip
+    w.add_argument("--out", help="sweep directory (default sweeps/<name>)")
+    w.add_argument("--quiet", action="store_true", help="no progress bars")
+    r = sub.add_parser("report", help="a sweep's table and figure across seeds")
+    r.add_argument("sweep_dir", metavar="SWEEP_DIR")
 
 
 def _cluster_parser(sub) -> None:
@@ -186,6 +207,46 @@ def _simulate(args) -> int:
     return 0
 
 
+def _seeds(text: str | None):
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",")] if "," in text else int(text)
+    except ValueError:
+        raise WorkbenchError(
+            f"--seeds {text!r}: expected a number N or a list like 0,3,7"
+        ) from None
+
+
+def _sweep(args) -> int:
+    from workbench.report import print_report
+    from workbench.sweep import axes_from_cli, plan, run_sweep
+
+    if os.getcwd() not in sys.path:  # `model: {module: ...}` from the cwd
+        sys.path.insert(0, os.getcwd())
+    grid, zip_ = axes_from_cli(args.grid, "--grid"), axes_from_cli(args.zip, "--zip")
+    sweep = plan(args.scenario, args.overrides, grid, zip_, _seeds(args.seeds),
+                 args.out)  # fmt: skip
+    failed = 0
+    for s in run_sweep(sweep, args.overrides, progress=not args.quiet):
+        keys = " ".join(f"{k}={v}" for k, v in s.point.keys.items())
+        acc = (s.summary or {}).get("final_mean_test_accuracy")
+        print(f"workbench: {s.point.name} {keys} seed={s.point.seed}: {s.status}"
+              + (f", test acc {_number(acc)}" if acc is not None else ""))  # fmt: skip
+        failed += s.status != "done"
+    print_report(sweep.root)
+    return 1 if failed else 0
+
+
+def _sweep_report(args) -> int:
+    from pathlib import Path
+
+    from workbench.report import print_report
+
+    print_report(Path(args.sweep_dir))
+    return 0
+
+
 def _number(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -227,6 +288,8 @@ COMMANDS = {
     "privacy": _privacy,
     "data": _data,
     "cluster": _cluster,
+    "sweep": _sweep,
+    "report": _sweep_report,
 }
 
 

@@ -556,6 +556,11 @@ def _start(scenario_path, overrides, out, data_dir, progress: bool) -> RunResult
     from workbench.engine import build
 
     scenario = load_scenario(scenario_path, overrides)
+    if scenario.sweep is not None:
+        raise WorkbenchError(
+            f"{scenario_path} has a sweep: section; run it with `workbench sweep "
+            f"{scenario_path}` (or drop the section)"
+        )
     if out:
         check_out_dir(Path(out))
     sim = build(scenario, resolve_data_dir(data_dir))

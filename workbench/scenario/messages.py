@@ -50,6 +50,8 @@ def _message(error: Mapping[str, Any], loc: tuple) -> str:
         return f"expected one of {choices}, got {got}{hint}"
     if kind == "string_pattern_mismatch" and loc == ("name",):
         return f"expected letters, digits, '_', '.', '+', '-' (a directory), got {got}"
+    if kind == "value_error":  # a validator's own message says what is wrong
+        return error["msg"].removeprefix("Value error, ")
     text = error["msg"].replace("Input should be", "expected")
     return f"{text}, got {got}"
 

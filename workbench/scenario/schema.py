@@ -22,6 +22,7 @@ from workbench.scenario.clock import ClockConfig
 from workbench.scenario.frozen import FrozenDict, FrozenModel
 from workbench.scenario.optimizer import OptimizerKeysInPlace
 from workbench.scenario.privacy import PrivacyConfig
+from workbench.scenario.sweep import SweepConfig
 
 __all__ = ["EvaluationConfig", "ExecutionConfig", "OutputConfig", "Scenario"]
 
@@ -131,3 +132,4 @@ class Scenario(FrozenModel):
     output: OutputConfig = OutputConfig()
     privacy: PrivacyConfig | None = None  # message capture and attacks
     clock: ClockConfig | None = None  # virtual time (None: synchronous rounds)
+    sweep: SweepConfig | None = None  # points and seeds (``workbench sweep``)

@@ -1,0 +1,251 @@
+"""Sweeps: a scenario's grid of points over seeds, one run directory per point.
+
+    <sweep>/sweep.json     the resolved base scenario and every point's keys
+    <sweep>/sweep.csv      the index: point, its keys, seed, run directory,
+                           status, compilations, final figures
+    <sweep>/points/p000/   each point's run directory (``workbench simulate``'s)
+    <sweep>/report.*       the report (workbench.report)
+
+Points come from the scenario's ``sweep:`` section and the command line's
+``--grid``/``--zip``/``--seeds`` (workbench.scenario.sweep). They run one
+after another in this process. Rerunning the same sweep continues it: a
+finished point is skipped, an interrupted one resumes from its checkpoint,
+a failed one (diverged, bad data) is retried; a sweep whose points are all
+finished changes no file. The sweep directory is locked while it runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from workbench.errors import RunInterrupted, WorkbenchError
+from workbench.results import write_json
+from workbench.rundir import RUN_MARKER, disk_errors, is_finished, run_lock
+from workbench.scenario import load_scenario
+from workbench.scenario.sweep import SweepConfig
+from workbench.scenario.yaml_io import scenario_to_dict
+
+INDEX, SPEC = "sweep.csv", "sweep.json"
+FIGURES = (
+    "final_mean_test_accuracy",
+    "final_averaged_model_accuracy",
+    "bytes_sent_total",
+    "wall_seconds",
+)
+ENTRY_KEYS = ("name", "module")  # applied first: a new entry resets its section
+
+
+class Point(NamedTuple):
+    index: int
+    keys: dict[str, Any]  # dotted key -> value (the grid's and the zip's)
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"p{self.index:03d}"
+
+    def overrides(self) -> list[str]:
+        """``--set`` strings: entry keys (``.name``) first, then the rest."""
+        first = sorted(self.keys, key=lambda k: k.rsplit(".", 1)[-1] not in ENTRY_KEYS)
+        sets = [f"{k}={json.dumps(self.keys[k])}" for k in first]
+        return [*sets, f"seed={self.seed}", "sweep=null"]
+
+
+def expand(spec: SweepConfig, default_seed: int) -> list[Point]:
+    """The points: grid product (in key order) x zip rows x seeds (innermost)."""
+    grid_keys, zip_keys = list(spec.grid), list(spec.zip)
+    combos = itertools.product(*(spec.grid[k] for k in grid_keys))
+    rows = list(zip(*(spec.zip[k] for k in zip_keys), strict=True)) or [()]
+    points = []
+    for combo, row in itertools.product(combos, rows):
+        keys = {**dict(zip(grid_keys, combo, strict=True)),
+                **dict(zip(zip_keys, row, strict=True))}  # fmt: skip
+        for seed in spec.seed_list(default_seed):
+            points.append(Point(len(points), _plain(keys), seed))
+    return points
+
+
+def _plain(keys: dict) -> dict:
+    from workbench.scenario.frozen import plain
+
+    return plain(keys)
+
+
+def axes_from_cli(items: list[str], flag: str) -> dict[str, list]:
+    """``KEY=V1,V2`` strings to ``{KEY: [V1, V2]}`` (values YAML)."""
+    import yaml
+
+    axes = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not text:
+            raise WorkbenchError(f"bad {flag} {item!r}; expected KEY=V1,V2,...")
+        values = [yaml.safe_load(v) for v in text.split(",")]
+        axes[key.strip()] = values
+    return axes
+
+
+def sweep_spec(scenario, grid: dict, zip_: dict, seeds) -> SweepConfig:
+    """The scenario's ``sweep:`` section with the command line's axes on top."""
+    from workbench.scenario.parse import parse_scenario
+
+    base = scenario.sweep or SweepConfig()
+    raw = {
+        "grid": {**base.grid.to_dict(), **grid},
+        "zip": {**base.zip.to_dict(), **zip_},
+        "seeds": seeds if seeds is not None else base.seeds,
+    }
+    if not raw["grid"] and not raw["zip"] and raw["seeds"] is None:
+        raise WorkbenchError(
+            "nothing to sweep: give --grid, --zip or --seeds, or a sweep: section"
+        )
+    if isinstance(raw["seeds"], tuple):
+        raw["seeds"] = list(raw["seeds"])
+    full = {**scenario_to_dict(scenario), "sweep": raw}
+    return parse_scenario(full, "sweep").sweep
+
+
+class Status(NamedTuple):
+    point: Point
+    run_dir: Path
+    status: str  # done, failed: <why>, pending
+    summary: dict | None
+
+
+def _status(point: Point, run_dir: Path, rounds: int) -> Status:
+    summary = is_finished(run_dir, rounds)
+    return Status(point, run_dir, "done" if summary else "pending", summary)
+
+
+def index_rows(statuses: list[Status], keys: list[str], root: Path) -> list[dict]:
+    rows = []
+    for s in statuses:
+        summary = s.summary or {}
+        row = {"point": s.point.name, **{k: s.point.keys.get(k) for k in keys}}
+        row.update(seed=s.point.seed, run_dir=str(s.run_dir.relative_to(root)))
+        row.update(status=s.status, compilations=summary.get("compilations"))
+        row.update({f: summary.get(f) for f in FIGURES})
+        row["virtual_time"] = (summary.get("clock") or {}).get("virtual_time")
+        rows.append(row)
+    return rows
+
+
+def csv_text(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_if_changed(path: Path, data: str | bytes) -> bool:
+    """Writes ``data`` atomically unless the file already holds it."""
+    raw = data.encode() if isinstance(data, str) else data
+    if path.is_file() and path.read_bytes() == raw:
+        return False
+    tmp = path.with_name(path.name + ".tmp")
+    with disk_errors(path):
+        tmp.write_bytes(raw)
+        tmp.replace(path)
+    return True
+
+
+class Sweep(NamedTuple):
+    root: Path
+    scenario_path: str
+    base: Any  # the resolved scenario without its sweep section
+    points: list[Point]
+    keys: list[str]  # the swept keys, in order
+
+    def run_dir(self, point: Point) -> Path:
+        return self.root / "points" / point.name
+
+    def spec(self) -> dict:
+        return {
+            "scenario": scenario_to_dict(self.base),
+            "points": [p._asdict() for p in self.points],
+        }
+
+    def statuses(self) -> list[Status]:
+        return [_status(p, self.run_dir(p), self.base.rounds) for p in self.points]
+
+
+def plan(scenario_path: str, overrides: list[str], grid, zip_, seeds, out) -> Sweep:
+    """The sweep of ``scenario_path`` (every point's scenario checked now)."""
+    scenario = load_scenario(scenario_path, overrides)
+    spec = sweep_spec(scenario, grid, zip_, seeds)
+    base = scenario.model_copy(update={"sweep": None})
+    points = expand(spec, scenario.seed)
+    for p in points:  # a typo in a key fails before any point runs
+        load_scenario(scenario_path, [*overrides, *p.overrides()])
+    root = Path(out) if out else Path("sweeps") / scenario.name
+    return Sweep(root, scenario_path, base, points, [*spec.grid, *spec.zip])
+
+
+def _check_same(sweep: Sweep) -> None:
+    """A directory holding another sweep is refused, naming what differs."""
+    path = sweep.root / SPEC
+    if not path.is_file():
+        if sweep.root.is_dir() and any(sweep.root.iterdir()):
+            raise WorkbenchError(
+                f"--out {sweep.root} is not empty and holds no sweep; pick a new "
+                "or empty directory"
+            )
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise WorkbenchError(f"{path} is unreadable; pick a new --out") from None
+    new = json.loads(json.dumps(sweep.spec()))
+    if old != new:
+        what = [k for k in ("scenario", "points") if old.get(k) != new.get(k)]
+        raise WorkbenchError(
+            f"{sweep.root} holds a different sweep (its {' and '.join(what)} "
+            "changed); rerun the same sweep to continue it, or pick a new --out"
+        )
+
+
+def run_point(sweep: Sweep, point: Point, overrides: list[str], progress: bool):
+    """Runs, resumes or skips one point; its Status."""
+    from workbench.runner import run
+
+    run_dir = sweep.run_dir(point)
+    try:
+        if (run_dir / RUN_MARKER).is_file():
+            result = run(None, [], resume=str(run_dir), progress=progress)
+        else:
+            result = run(sweep.scenario_path, [*overrides, *point.overrides()],
+                         out=str(run_dir), progress=progress)  # fmt: skip
+    except RunInterrupted:
+        raise
+    except WorkbenchError as e:
+        return Status(point, run_dir, f"failed: {e}", None)
+    return Status(point, run_dir, "done", result.summary)
+
+
+def run_sweep(sweep: Sweep, overrides: list[str], progress: bool = True) -> Iterator:
+    """Runs the sweep's unfinished points; yields each point's Status as it
+    finishes (the index is rewritten after each)."""
+    _check_same(sweep)
+    statuses = sweep.statuses()
+    if all(s.status == "done" for s in statuses) and (sweep.root / SPEC).is_file():
+        yield from statuses  # finished: no lock, no file written
+        return
+    with disk_errors(sweep.root):
+        sweep.root.mkdir(parents=True, exist_ok=True)
+    with run_lock(sweep.root):
+        if not (sweep.root / SPEC).is_file():
+            write_json(sweep.root / SPEC, sweep.spec())
+        for i, s in enumerate(statuses):
+            if s.status != "done":
+                statuses[i] = run_point(sweep, s.point, overrides, progress)
+            rows = index_rows(statuses, sweep.keys, sweep.root)
+            write_if_changed(sweep.root / INDEX, csv_text(rows))
+            yield statuses[i]
