@@ -93,6 +93,15 @@ def test_rows_cover_every_victim_round_and_attack(tiny_run):
     assert summary["attacked_rounds"] == [2, 4]
     assert summary["messages_attacked"] == 8
     assert (out / "privacy_roc.png").stat().st_size > 0
+    # the plotted ROC points: their area is the pooled AUC of the last round
+    points = rows(out / "privacy_roc.csv")
+    assert {p["attack"] for p in points} >= {"threshold"}
+    for attack in {p["attack"] for p in points}:
+        fpr = np.array([float(p["fpr"]) for p in points if p["attack"] == attack])
+        tpr = np.array([float(p["tpr"]) for p in points if p["attack"] == attack])
+        pooled = [r for r in table if r["attack"] == attack and r["round"] == "4"
+                  and r["victim"] == "all" and not r.get("class")]  # fmt: skip
+        assert np.trapezoid(tpr, fpr) == pytest.approx(float(pooled[0]["auc"]))
 
 
 def _losses(sim, model, idx):

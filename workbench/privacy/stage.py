@@ -3,7 +3,8 @@
 The engine builds an :class:`Attacker` when the scenario has a ``privacy:``
 section; the runner hands it each chunk's captured messages and writes what it
 returns to ``privacy.csv`` (round, victim, attacker, attack, metrics) and
-``privacy_roc.png`` (log-log ROC of each attack pooled over the last attacked
+``privacy_roc.png`` and the points in ``privacy_roc.csv`` (log-log ROC of each
+attack pooled over the last attacked
 round's messages). ``rerun`` does the same from the messages a finished run
 saved (``workbench privacy RUN_DIR``).
 """
@@ -36,6 +37,7 @@ from workbench.rounds import Capture
 from workbench.scenario.privacy import PrivacyConfig
 
 PRIVACY_CSV, ROC_PNG = "privacy.csv", "privacy_roc.png"
+ROC_CSV = "privacy_roc.csv"  # the plotted points: attack, fpr, tpr
 
 
 def check_privacy(cfg: PrivacyConfig, n: int, rounds: int) -> None:
@@ -188,10 +190,22 @@ class PrivacyLog:
 
 
 def write_roc(path: Path, result: AttackResult) -> None:
+    """The pooled ROC curves of the last attacked round: the PNG at ``path``
+    and its points in privacy_roc.csv beside it."""
     if result.curves:
         curves = {name: roc(*scores) for name, scores in result.curves.items()}
         rounds = max(r["round"] for r in result.rows)
         plot_roc(curves, path, f"membership attacks, round {rounds}, all victims")
+        points = [
+            {"attack": name, "fpr": float(f), "tpr": float(t)}
+            for name, (fpr, tpr) in curves.items()
+            for f, t in zip(fpr, tpr, strict=True)
+        ]
+        tmp = path.with_name(ROC_CSV + ".tmp")
+        if tmp.exists():
+            tmp.unlink()
+        CsvLog(tmp, ["attack", "fpr", "tpr"]).write(points)
+        tmp.replace(path.with_name(ROC_CSV))
 
 
 def rerun(sim, run_dir: Path, specs=None) -> AttackResult:
