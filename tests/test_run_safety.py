@@ -54,9 +54,9 @@ def finished(tmp_path_factory):
     return result.run_dir
 
 
-def cut_run(tmp_path, monkeypatch, at: int = 4, **changes) -> Path:
-    """A tiny run killed right after its checkpoint at round ``at``."""
-    path = write_scenario(tmp_path, **changes)
+def interrupt_at(monkeypatch, at: int):
+    """Runs stop as on Ctrl-C right after their checkpoint at round ``at``;
+    returns the function that puts the runner back."""
     real_save = runner.save_checkpoint
 
     def killed(run_dir, round_, *args, **kwargs):
@@ -66,9 +66,16 @@ def cut_run(tmp_path, monkeypatch, at: int = 4, **changes) -> Path:
         return saved
 
     monkeypatch.setattr(runner, "save_checkpoint", killed)
+    return lambda: monkeypatch.setattr(runner, "save_checkpoint", real_save)
+
+
+def cut_run(tmp_path, monkeypatch, at: int = 4, **changes) -> Path:
+    """A tiny run killed right after its checkpoint at round ``at``."""
+    path = write_scenario(tmp_path, **changes)
+    restore = interrupt_at(monkeypatch, at)
     with pytest.raises(WorkbenchError, match="interrupted at round"):
         runner.run(str(path), [], out=str(tmp_path / "cut"), progress=False)
-    monkeypatch.setattr(runner, "save_checkpoint", real_save)
+    restore()
     return tmp_path / "cut"
 
 
