@@ -105,8 +105,9 @@ class Sessions(NamedTuple):
 
     ``score(state) -> ()`` what it offers (the start's choice); ``choose(ids
     (u,), scores (u,), key) -> sender id``; ``train(state, origin, batches,
-    key) -> (delta (a Coded tree), loss)`` its delta from the session's start
-    ``origin``; ``apply(state, origin, mean delta) -> state`` the session's end.
+    key) -> (state with its loss, delta)``: its delta from the session's start
+    ``origin``, a Coded tree (what it sends); ``apply(state, origin, mean
+    delta) -> state``: the session's end.
     """
 
     uniform: int  # members per session
