@@ -4,8 +4,9 @@ runs a figure needs, reading their curves back, writing the PNG and the CSV.
     python paper_figures/NAME.py [--quick] [--out DIR] [--seeds N] [--set KEY=VALUE]
 
 Each series of a figure is a sweep over seeds (workbench.sweep) in
-``DIR/NAME/<series>/``: a rerun reuses its finished runs and continues an
-interrupted one. ``--quick`` is the CPU setting (minutes, one seed);
+``DIR/NAME/<mode>-<seeds>-seeds/<series>/``: a rerun with the same settings
+reuses its finished runs and continues an interrupted one (other ``--set``
+values need another ``--out``). ``--quick`` is the CPU setting (minutes, one seed);
 without it, the study's setting (three seeds). ``--set`` overrides a key of
 every run (after the figure's own keys). The figure is ``DIR/NAME/NAME.png``
 and the numbers it plots ``DIR/NAME/NAME.csv``.
@@ -36,6 +37,7 @@ class Series(NamedTuple):
     label: str
     scenario: str  # relative to the repository
     sets: tuple[str, ...] = ()  # this series' keys (``--set`` strings)
+    quick: tuple[str, ...] | None = None  # its --quick keys (None: the figure's)
 
 
 def arguments(doc: str, argv=None) -> argparse.Namespace:
@@ -64,13 +66,15 @@ def run_series(
     from workbench.sweep import plan, run_sweep
 
     seeds = args.seeds or (1 if args.quick else 3)
+    mode = f"{'quick' if args.quick else 'full'}-{seeds}-seeds"
     runs = {}
     for s in series:
-        sets = [*s.sets, *(quick if args.quick else ()), *args.sets]
-        out = args.out / name / slug(s.label)
+        own = quick if s.quick is None else s.quick
+        sets = [*s.sets, *(own if args.quick else ()), *args.sets]
+        out = args.out / name / mode / slug(s.label)
         try:
             sweep = plan(str(ROOT / s.scenario), sets, {}, {}, seeds, str(out))
-            statuses = list(run_sweep(sweep, sets, progress=False))
+            statuses = list(run_sweep(sweep, progress=False))
         except WorkbenchError as e:
             sys.exit(f"{name}: {s.label}: {e}")
         bad = [st for st in statuses if st.status != "done"]

@@ -25,17 +25,17 @@ def test_topology_comparison_quick_plots_each_graph_with_its_rho(tmp_path, capsy
     rows = read(folder / f"{NAME}.csv")
     assert [r["series"] for r in rows] == [t for t in TOPOLOGIES for _ in (2, 4)]
     for t in TOPOLOGIES:
-        metrics = read(folder / t / "points/p000/metrics.csv")
+        metrics = read(folder / "quick-1-seeds" / t / "points/p000/metrics.csv")
         got = [r for r in rows if r["series"] == t]
         assert [float(r["round"]) for r in got] == [2.0, 4.0]
         assert [float(r["test_acc_mean"]) for r in got] == pytest.approx(
             [float(m["test_acc_mean"]) for m in metrics], rel=1e-12
         )
         assert all(float(r["std"]) == 0.0 for r in got)  # one seed
-    runs = snapshot(folder / "ring")
+    runs = snapshot(folder / "quick-1-seeds")
     capsys.readouterr()
     assert main(tiny) == 0  # a rerun reuses every run
-    assert snapshot(folder / "ring") == runs
+    assert snapshot(folder / "quick-1-seeds") == runs
     assert "ring: 1 run(s)" in capsys.readouterr().out
 
 
@@ -47,7 +47,8 @@ def test_stragglers_quick_plots_accuracy_against_virtual_time(tmp_path):
                  "--set", "eval_every=3"]) == 0  # fmt: skip
     rows = read(tmp_path / NAME / f"{NAME}.csv")
     for s in SERIES:
-        metrics = read(tmp_path / NAME / slug(s.label) / "points/p000/metrics.csv")
+        series = tmp_path / NAME / "quick-1-seeds" / slug(s.label)
+        metrics = read(series / "points/p000/metrics.csv")
         got = [r for r in rows if r["series"] == s.label]
         for key in ("virtual_time", "test_acc_mean"):
             assert [float(r[key]) for r in got] == [float(m[key]) for m in metrics]

@@ -181,10 +181,14 @@ def test_privacy_command_reproduces_and_adds_attacks(tiny_run, tmp_path, capsys)
     shutil.copytree(out, run)
     assert main(["privacy", str(run)]) == 0
     assert rows(run / "privacy.csv") == table
+    points = rows(run / "privacy_roc.csv")
+    assert points == rows(out / "privacy_roc.csv")
     # another attack adds its rows; the scenario's attacks keep theirs
     assert main(["privacy", str(run), "--attack", "threshold_class"]) == 0
     again = rows(run / "privacy.csv")
     assert [r for r in again if r["attack"] != "threshold_class"] == table
+    kept = rows(run / "privacy_roc.csv")  # and their ROC points
+    assert [p for p in kept if p["attack"] != "threshold_class"] == points
     per_class = [r for r in again if r["attack"] == "threshold_class"]
     assert {(r["round"], r["class"]) for r in per_class} == {
         (str(r), str(c)) for r in (2, 4) for c in range(10)

@@ -42,8 +42,39 @@ def test_grid_zip_and_seeds_expand_to_the_hand_listed_points():
     assert [p.seed for p in expand(spec(grid={"rounds": [1]}), 9)] == [9]
     # an entry key goes first: a new algorithm drops the old one's keys
     p = Point(0, {"algorithm.local_steps": 2, "algorithm.name": "tracking"}, 1)
-    assert p.overrides() == ['algorithm.name="tracking"', "algorithm.local_steps=2",
-                             "seed=1", "sweep=null"]  # fmt: skip
+    assert p.overrides(["rounds=3"]) == [
+        'algorithm.name="tracking"', "algorithm.local_steps=2", "rounds=3",
+        "seed=1", "sweep=null",
+    ]  # fmt: skip
+
+
+def test_every_points_set_survives_its_new_entry_and_cli_values_are_yaml(tmp_path):
+    from workbench.scenario import load_scenario
+    from workbench.sweep import axes_from_cli
+
+    grid = axes_from_cli(
+        ["algorithm.name=dsgd,gradient_tracking", "algorithm.lr=1e-3,0.1",
+         "model.hidden=[16, 8],[4]"], "--grid",
+    )  # fmt: skip
+    assert grid == {
+        "algorithm.name": ["dsgd", "gradient_tracking"],
+        "algorithm.lr": [1e-3, 0.1],
+        "model.hidden": [[16, 8], [4]],
+    }
+    path = write_scenario(tmp_path)
+    common = ["algorithm.local_steps=3"]
+    sweep = plan(str(path), common, grid, {}, 2, str(tmp_path / "s"))
+    assert len(sweep.points) == 16
+    for p in sweep.points:  # the --set is applied after each point's new entry
+        sc = load_scenario(path, p.overrides(sweep.common))
+        assert sc.algorithm["local_steps"] == 3 and sc.seed == p.seed
+        assert sc.algorithm["name"] == p.keys["algorithm.name"]
+    rounds = plan(str(path), [], {"rounds": [2, 4]}, {}, None, str(tmp_path / "r"))
+    assert rounds.rounds == {"p000": 2, "p001": 4}
+    with pytest.raises(WorkbenchError, match="algorithm.lr is swept"):
+        plan(str(path), ["algorithm.lr=0.2"], grid, {}, None, str(tmp_path / "s"))
+    with pytest.raises(ScenarioError, match="model.hidden: invalid YAML"):
+        axes_from_cli(["model.hidden=[16"], "--grid")
 
 
 @pytest.mark.parametrize(
@@ -108,7 +139,7 @@ def test_a_sweep_indexes_its_points_continues_after_a_kill_and_reports(
     monkeypatch.setattr(runner, "save_checkpoint", killed)
     sweep = plan(str(path), [], GRID, {}, None, str(root))
     with pytest.raises(RunInterrupted):
-        list(run_sweep(sweep, [], progress=False))
+        list(run_sweep(sweep, progress=False))
     rows = index(root)
     assert [r["status"] for r in rows] == ["done", "done", "pending", "pending"]
     done = {p: snapshot(root / "points" / p) for p in ("p000", "p001")}

@@ -228,7 +228,7 @@ def _sweep(args) -> int:
     sweep = plan(args.scenario, args.overrides, grid, zip_, _seeds(args.seeds),
                  args.out)  # fmt: skip
     failed = 0
-    for s in run_sweep(sweep, args.overrides, progress=not args.quiet):
+    for s in run_sweep(sweep, progress=not args.quiet):
         keys = " ".join(f"{k}={v}" for k, v in s.point.keys.items())
         acc = (s.summary or {}).get("final_mean_test_accuracy")
         print(f"workbench: {s.point.name} {keys} seed={s.point.seed}: {s.status}"

@@ -48,11 +48,12 @@ class Point(NamedTuple):
     def name(self) -> str:
         return f"p{self.index:03d}"
 
-    def overrides(self) -> list[str]:
-        """``--set`` strings: entry keys (``.name``) first, then the rest."""
+    def overrides(self, common: list[str] = ()) -> list[str]:
+        """``--set`` strings: the point's entry keys (``.name``) first, then its
+        other keys, then ``common`` (every point's ``--set``), then its seed."""
         first = sorted(self.keys, key=lambda k: k.rsplit(".", 1)[-1] not in ENTRY_KEYS)
         sets = [f"{k}={json.dumps(self.keys[k])}" for k in first]
-        return [*sets, f"seed={self.seed}", "sweep=null"]
+        return [*sets, *common, f"seed={self.seed}", "sweep=null"]
 
 
 def expand(spec: SweepConfig, default_seed: int) -> list[Point]:
@@ -75,17 +76,31 @@ def _plain(keys: dict) -> dict:
     return plain(keys)
 
 
+def split_values(text: str) -> list[str]:
+    """``a,[1, 2],{k: v}`` -> ``["a", "[1, 2]", "{k: v}"]``: commas outside
+    brackets and braces separate values."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch in "[{(") - (ch in "]})")
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*parts, current]
+
+
 def axes_from_cli(items: list[str], flag: str) -> dict[str, list]:
-    """``KEY=V1,V2`` strings to ``{KEY: [V1, V2]}`` (values YAML)."""
-    import yaml
+    """``KEY=V1,V2`` strings to ``{KEY: [V1, V2]}`` (values YAML, as ``--set``
+    reads them; commas inside brackets stay in their value)."""
+    from workbench.scenario.yaml_io import parse_value
 
     axes = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip() or not text:
             raise WorkbenchError(f"bad {flag} {item!r}; expected KEY=V1,V2,...")
-        values = [yaml.safe_load(v) for v in text.split(",")]
-        axes[key.strip()] = values
+        axes[key.strip()] = [parse_value(v, key.strip()) for v in split_values(text)]
     return axes
 
 
@@ -163,6 +178,8 @@ class Sweep(NamedTuple):
     base: Any  # the resolved scenario without its sweep section
     points: list[Point]
     keys: list[str]  # the swept keys, in order
+    rounds: dict[str, int]  # each point's rounds (a sweep may vary them)
+    common: list[str]  # ``--set`` strings of every point
 
     def run_dir(self, point: Point) -> Path:
         return self.root / "points" / point.name
@@ -174,19 +191,29 @@ class Sweep(NamedTuple):
         }
 
     def statuses(self) -> list[Status]:
-        return [_status(p, self.run_dir(p), self.base.rounds) for p in self.points]
+        return [_status(p, self.run_dir(p), self.rounds[p.name]) for p in self.points]
 
 
 def plan(scenario_path: str, overrides: list[str], grid, zip_, seeds, out) -> Sweep:
-    """The sweep of ``scenario_path`` (every point's scenario checked now)."""
+    """The sweep of ``scenario_path`` (every point's scenario checked now).
+
+    ``overrides`` apply to every point, after its own keys; a swept key (or
+    the seed of a seed sweep) cannot also be set."""
     scenario = load_scenario(scenario_path, overrides)
     spec = sweep_spec(scenario, grid, zip_, seeds)
+    swept = {*spec.grid, *spec.zip, *(["seed"] if spec.seeds is not None else [])}
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in swept or key == "sweep":
+            raise WorkbenchError(f"--set {item!r}: {key} is swept; drop the --set")
     base = scenario.model_copy(update={"sweep": None})
     points = expand(spec, scenario.seed)
+    rounds = {}
     for p in points:  # a typo in a key fails before any point runs
-        load_scenario(scenario_path, [*overrides, *p.overrides()])
+        rounds[p.name] = load_scenario(scenario_path, p.overrides(overrides)).rounds
     root = Path(out) if out else Path("sweeps") / scenario.name
-    return Sweep(root, scenario_path, base, points, [*spec.grid, *spec.zip])
+    keys = [*spec.grid, *spec.zip]
+    return Sweep(root, scenario_path, base, points, keys, rounds, list(overrides))
 
 
 def _check_same(sweep: Sweep) -> None:
@@ -212,7 +239,7 @@ def _check_same(sweep: Sweep) -> None:
         )
 
 
-def run_point(sweep: Sweep, point: Point, overrides: list[str], progress: bool):
+def run_point(sweep: Sweep, point: Point, progress: bool):
     """Runs, resumes or skips one point; its Status."""
     from workbench.runner import run
 
@@ -221,7 +248,7 @@ def run_point(sweep: Sweep, point: Point, overrides: list[str], progress: bool):
         if (run_dir / RUN_MARKER).is_file():
             result = run(None, [], resume=str(run_dir), progress=progress)
         else:
-            result = run(sweep.scenario_path, [*overrides, *point.overrides()],
+            result = run(sweep.scenario_path, point.overrides(sweep.common),
                          out=str(run_dir), progress=progress)  # fmt: skip
     except RunInterrupted:
         raise
@@ -230,13 +257,18 @@ def run_point(sweep: Sweep, point: Point, overrides: list[str], progress: bool):
     return Status(point, run_dir, "done", result.summary)
 
 
-def run_sweep(sweep: Sweep, overrides: list[str], progress: bool = True) -> Iterator:
+def run_sweep(sweep: Sweep, progress: bool = True) -> Iterator:
     """Runs the sweep's unfinished points; yields each point's Status as it
     finishes (the index is rewritten after each)."""
     _check_same(sweep)
     statuses = sweep.statuses()
+    index = sweep.root / INDEX
     if all(s.status == "done" for s in statuses) and (sweep.root / SPEC).is_file():
-        yield from statuses  # finished: no lock, no file written
+        text = csv_text(index_rows(statuses, sweep.keys, sweep.root))
+        if not index.is_file() or index.read_text() != text:  # repair, locked
+            with run_lock(sweep.root):
+                write_if_changed(index, text)
+        yield from statuses  # finished: nothing else is written
         return
     with disk_errors(sweep.root):
         sweep.root.mkdir(parents=True, exist_ok=True)
@@ -245,7 +277,7 @@ def run_sweep(sweep: Sweep, overrides: list[str], progress: bool = True) -> Iter
             write_json(sweep.root / SPEC, sweep.spec())
         for i, s in enumerate(statuses):
             if s.status != "done":
-                statuses[i] = run_point(sweep, s.point, overrides, progress)
+                statuses[i] = run_point(sweep, s.point, progress)
             rows = index_rows(statuses, sweep.keys, sweep.root)
-            write_if_changed(sweep.root / INDEX, csv_text(rows))
+            write_if_changed(index, csv_text(rows))
             yield statuses[i]

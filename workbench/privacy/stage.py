@@ -189,23 +189,29 @@ class PrivacyLog:
         self.seconds += time.perf_counter() - t0
 
 
-def write_roc(path: Path, result: AttackResult) -> None:
+def write_roc(path: Path, result: AttackResult, merge: bool = False) -> None:
     """The pooled ROC curves of the last attacked round: the PNG at ``path``
-    and its points in privacy_roc.csv beside it."""
-    if result.curves:
-        curves = {name: roc(*scores) for name, scores in result.curves.items()}
-        rounds = max(r["round"] for r in result.rows)
-        plot_roc(curves, path, f"membership attacks, round {rounds}, all victims")
-        points = [
-            {"attack": name, "fpr": float(f), "tpr": float(t)}
-            for name, (fpr, tpr) in curves.items()
-            for f, t in zip(fpr, tpr, strict=True)
-        ]
-        tmp = path.with_name(ROC_CSV + ".tmp")
-        if tmp.exists():
-            tmp.unlink()
-        CsvLog(tmp, ["attack", "fpr", "tpr"]).write(points)
-        tmp.replace(path.with_name(ROC_CSV))
+    and its points in privacy_roc.csv beside it (``merge``: the points of
+    attacks not in ``result`` are kept)."""
+    if not result.curves:
+        return
+    curves = {name: roc(*scores) for name, scores in result.curves.items()}
+    rounds = max(r["round"] for r in result.rows)
+    plot_roc(curves, path, f"membership attacks, round {rounds}, all victims")
+    table = path.with_name(ROC_CSV)
+    kept = []
+    if merge and table.is_file():
+        kept = [r for r in read_csv(table) if r["attack"] not in curves]
+    points = kept + [
+        {"attack": name, "fpr": float(f), "tpr": float(t)}
+        for name, (fpr, tpr) in curves.items()
+        for f, t in zip(fpr, tpr, strict=True)
+    ]
+    tmp = path.with_name(ROC_CSV + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    CsvLog(tmp, ["attack", "fpr", "tpr"]).write(points)
+    tmp.replace(table)
 
 
 def rerun(sim, run_dir: Path, specs=None) -> AttackResult:
@@ -241,5 +247,5 @@ def rerun(sim, run_dir: Path, specs=None) -> AttackResult:
     log = CsvLog(tmp, PRIVACY_FIELDS)
     log.write(kept + result.rows)
     tmp.replace(path)
-    write_roc(run_dir / ROC_PNG, result)
+    write_roc(run_dir / ROC_PNG, result, merge=specs is not None)
     return result

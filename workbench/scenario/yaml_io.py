@@ -22,7 +22,7 @@ from workbench.scenario.messages import short
 from workbench.scenario.parse import parse_scenario
 from workbench.scenario.schema import Scenario
 
-__all__ = ["dump_scenario", "load_scenario", "scenario_to_dict"]
+__all__ = ["dump_scenario", "load_scenario", "parse_value", "scenario_to_dict"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -83,6 +83,12 @@ def dump_scenario(scenario: Scenario) -> str:
     return yaml.safe_dump(
         scenario_to_dict(scenario), sort_keys=False, default_flow_style=None
     )
+
+
+def parse_value(text: str, key: str) -> Any:
+    """One ``--set`` value: YAML as a scenario file reads it (``1e-3`` a
+    float); a ScenarioError naming ``key`` if it is not YAML."""
+    return _parse_yaml(text, key)
 
 
 def _parse_yaml(text: str, path: str, source: str | None = None) -> Any:
