@@ -112,6 +112,32 @@ def test_new_graph_of_same_shape_does_not_recompile():
     assert not np.allclose(outs[0], outs[2])
 
 
+def test_the_seed_is_an_argument_of_the_program_with_the_constants_draws():
+    """Two seeds lower to the same program (a sweep's seeds compile once);
+    a seed passed as uint32 draws the keys of the Python int, even >= 2**31."""
+    from workbench.keys import round_key
+
+    n = 4
+    alg = dsgd(make_loss(MLP().apply), optax.sgd(0.1))
+    _, params, data = mlp_problem(n)
+    spec = RoundSpec(alg, lambda d, t, k: d, jax.vmap, n, 4)
+    stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
+    state = jax.vmap(alg.init)(stacked, jax.random.split(jax.random.key(0), n))
+    args = (state, data, from_matrix("dense", ring_weights(n)), jnp.ones((n,)),
+            jnp.int32(0))  # fmt: skip
+    texts = [make_chunk(spec, s).lower(*args, length=2).lowered.as_text()
+             for s in (0, 7)]  # fmt: skip
+    assert texts[0] == texts[1]
+    one = make_chunk(spec, 7)(jax.tree.map(jnp.copy, state), *args[1:], length=2)
+    other = make_chunk(spec, 8)(jax.tree.map(jnp.copy, state), *args[1:], length=2)
+    a, b = (np.asarray(jax.tree.leaves(o[0].params)[0]) for o in (one, other))
+    assert not np.allclose(a, b)  # the seed still reaches the draws
+    traced = jax.jit(lambda s: jax.random.key_data(round_key(s, 3, 1)))
+    for seed in (0, 5, 2**31 + 7, 2**32 - 1):
+        want = jax.random.key_data(round_key(seed, 3, 1))
+        np.testing.assert_array_equal(traced(np.uint32(seed)), want)
+
+
 def test_fedavg_data_size_weighting_fixed_point():
     """tau = 1: the server mean of one GD step; fixed point sum s a b / sum s a."""
     sizes = np.array([1, 3, 2, 5, 1, 1, 4, 2], float)

@@ -158,6 +158,7 @@ def test_a_sweep_indexes_its_points_continues_after_a_kill_and_reports(
         ("p002", "0.2", "0"), ("p003", "0.2", "1"),
     ]  # fmt: skip
     assert all(r["compilations"] == "1" for r in rows)
+    assert all(float(r["compile_seconds"]) > 0 for r in rows)
     assert [m["round"] for m in read(root / "points/p002/metrics.csv")] == ["2", "4"]
     # the report: mean and sample std over the seeds of each point's summaries
     summaries = {

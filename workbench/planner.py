@@ -16,6 +16,7 @@ JAX, the dataset on the host), which XLA's estimate does not cover.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import sys
@@ -204,6 +205,27 @@ def peak_memory() -> dict[str, Any]:
     if "peak_bytes_in_use" in stats:
         out["peak_device_bytes"] = int(stats["peak_bytes_in_use"])
     return out
+
+
+CACHE_OPTIONS = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+)
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: str):
+    """JAX's persistent compilation cache in ``directory`` for the block,
+    unless one is already on (then that one); the options are put back."""
+    before = {name: getattr(jax.config, name) for name in CACHE_OPTIONS}
+    if before["jax_compilation_cache_dir"] is None:
+        use_compilation_cache(directory)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
 
 
 def use_compilation_cache(directory: str | None) -> None:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from workbench.algorithms.base import Algorithm, PeerTopo, cohort_size
 from workbench.comm.arrays import Table
@@ -335,8 +336,54 @@ def make_chunk(spec: RoundSpec, seed: int) -> Callable:
 
     Returns (state, Traffic with leaves (length, ...)) and, with
     ``spec.capture``, a third value: the :class:`Captured` outboxes.
+
+    The seed is an argument of the compiled program, not a constant in it:
+    runs that differ only in their seed (and data values) compile to the same
+    program, which a persistent compilation cache then serves (a sweep's
+    seeds). Its draws are those of the constant seed, bit for bit.
     """
-    return jax.jit(chunk_body(spec, seed), static_argnames="length", donate_argnums=0)
+
+    def body(state, data, topo_data, weights, start, seed_, length: int):
+        return chunk_body(spec, seed_)(state, data, topo_data, weights, start, length)
+
+    jitted = jax.jit(body, static_argnames="length", donate_argnums=0)
+    return SeededChunk(jitted, np.uint32(seed))
+
+
+class SeededChunk(NamedTuple):
+    """A jitted chunk called, lowered and compiled as if the seed were baked in."""
+
+    jitted: Callable  # (state, data, topo_data, weights, start, seed, length)
+    seed: np.uint32
+
+    def __call__(self, state, data, topo_data, weights, start, length: int):
+        return self.jitted(state, data, topo_data, weights, start, self.seed,
+                           length=length)  # fmt: skip
+
+    def lower(self, *args, **static):
+        return _SeededLowered(self.jitted.lower(*args, self.seed, **static), self.seed)
+
+    def _cache_size(self) -> int:  # programs compiled so far (jax's own count)
+        return self.jitted._cache_size()
+
+
+class _SeededLowered(NamedTuple):
+    lowered: Any
+    seed: np.uint32
+
+    def compile(self):
+        return _SeededCompiled(self.lowered.compile(), self.seed)
+
+
+class _SeededCompiled(NamedTuple):
+    compiled: Any
+    seed: np.uint32
+
+    def __call__(self, *args):
+        return self.compiled(*args, self.seed)
+
+    def memory_analysis(self):
+        return self.compiled.memory_analysis()
 
 
 def chunk_body(spec: RoundSpec, seed) -> Callable:

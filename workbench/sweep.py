@@ -2,8 +2,11 @@
 
     <sweep>/sweep.json     the resolved base scenario and every point's keys
     <sweep>/sweep.csv      the index: point, its keys, seed, run directory,
-                           status, compilations, final figures
+                           status, compilations and their seconds, final figures
     <sweep>/points/p000/   each point's run directory (``workbench simulate``'s)
+    <sweep>/xla_cache/     compiled programs, shared by the points (JAX's
+                           persistent cache, unless one is already on): points
+                           that differ only in their seed compile once
     <sweep>/report.*       the report (workbench.report)
 
 Points come from the scenario's ``sweep:`` section and the command line's
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from workbench.errors import RunInterrupted, WorkbenchError
+from workbench.planner import compilation_cache
 from workbench.results import write_json
 from workbench.rundir import RUN_MARKER, disk_errors, is_finished, run_lock
 from workbench.scenario import load_scenario
@@ -30,6 +34,7 @@ from workbench.scenario.sweep import SweepConfig
 from workbench.scenario.yaml_io import scenario_to_dict
 
 INDEX, SPEC = "sweep.csv", "sweep.json"
+CACHE = "xla_cache"  # the points' compiled programs (JAX's persistent cache)
 FIGURES = (
     "final_mean_test_accuracy",
     "final_averaged_model_accuracy",
@@ -142,7 +147,8 @@ def index_rows(statuses: list[Status], keys: list[str], root: Path) -> list[dict
         summary = s.summary or {}
         row = {"point": s.point.name, **{k: s.point.keys.get(k) for k in keys}}
         row.update(seed=s.point.seed, run_dir=str(s.run_dir.relative_to(root)))
-        row.update(status=s.status, compilations=summary.get("compilations"))
+        row.update(status=s.status, compilations=summary.get("compilations"),
+                   compile_seconds=summary.get("compile_seconds"))  # fmt: skip
         row.update({f: summary.get(f) for f in FIGURES})
         row["virtual_time"] = (summary.get("clock") or {}).get("virtual_time")
         rows.append(row)
@@ -272,7 +278,7 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> Iterator:
         return
     with disk_errors(sweep.root):
         sweep.root.mkdir(parents=True, exist_ok=True)
-    with run_lock(sweep.root):
+    with run_lock(sweep.root), compilation_cache(str(sweep.root / CACHE)):
         if not (sweep.root / SPEC).is_file():
             write_json(sweep.root / SPEC, sweep.spec())
         for i, s in enumerate(statuses):
