@@ -196,11 +196,13 @@ def test_zerosum_draws_new_noise_at_each_averaging_step():
 # ---------------------------------------------------------------- Muffliato
 
 
-def test_muffliato_without_noise_is_multi_step_gossip_exactly():
+def test_muffliato_without_noise_is_multi_step_gossip():
+    """The same models to float32 rounding (two programs: their multiply-adds
+    may be contracted differently), the same bits sent exactly."""
     W = ring_weights(N)
     a, ta = run(muffliato(pull_loss, optax.sgd(0.2), sigma=0.0, gossip_steps=4), W, 3)
     b, tb = run(multi_gossip(pull_loss, optax.sgd(0.2), gossip_steps=4), W, 3)
-    np.testing.assert_array_equal(a.params["w"], b.params["w"])
+    np.testing.assert_allclose(a.params["w"], b.params["w"], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(ta.sent, tb.sent)
 
 
