@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from workbench.report import seed_std  # noqa: E402
 from workbench.results import read_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent  # scenario paths are from here
@@ -100,8 +101,7 @@ def curve(run_dirs: list[Path], x: str, y: str = "test_acc_mean"):
     n = min(len(t) for t in tables)
     xs = np.stack([column(t[:n], x) for t in tables])
     ys = np.stack([column(t[:n], y) for t in tables])
-    std = ys.std(0, ddof=1) if len(ys) > 1 else np.zeros(n)
-    return xs.mean(0), ys.mean(0), std
+    return xs.mean(0), ys.mean(0), seed_std(ys, axis=0)
 
 
 def band(ax, x, mean, std, label: str) -> None:
@@ -111,7 +111,7 @@ def band(ax, x, mean, std, label: str) -> None:
 
 def mean_std(values) -> tuple[float, float]:
     v = np.asarray(values, np.float64)
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+    return float(v.mean()), float(seed_std(v))
 
 
 def write(name: str, args, fig, rows: list[dict]) -> tuple[Path, Path]:
@@ -145,13 +145,13 @@ def accuracy_figure(name: str, args, runs: dict, xs=("round",), legend=None,
     fig, axes = plt.subplots(1, len(xs), figsize=(6.4 * len(xs), 4.4), squeeze=False)
     rows = []
     for label, dirs in runs.items():
+        curves = {x: curve(dirs, x) for x in xs}  # (x, mean, std) per axis
         for ax, x in zip(axes[0], xs, strict=True):
-            at, mean, std = curve(dirs, x)
+            at, mean, std = curves[x]
             band(ax, at / AXES[x][1], mean, std, legend(label) if legend else label)
-        at = {x: curve(dirs, x)[0] for x in xs}
-        _, mean, std = curve(dirs, xs[0])
+        _, mean, std = curves[xs[0]]
         for i in range(len(mean)):
-            point = {x: float(at[x][i]) for x in xs}
+            point = {x: float(curves[x][0][i]) for x in xs}
             acc = {"test_acc_mean": float(mean[i]), "std": float(std[i])}
             rows.append({"series": label, **point, **acc})
     seeds = max(len(d) for d in runs.values())

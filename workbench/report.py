@@ -43,6 +43,13 @@ def swept_keys(root: Path) -> list[str]:
     return list(points[0]["keys"]) if points else []
 
 
+def seed_std(x: np.ndarray, axis=None):
+    """The sample std across seeds (ddof 1); 0 for a single seed."""
+    x = np.asarray(x, np.float64)
+    n = x.shape[0] if axis == 0 else x.size
+    return x.std(axis=axis, ddof=1) if n > 1 else np.zeros_like(x.mean(axis=axis))
+
+
 def _number(text: str) -> float:
     return float(text) if text not in ("", None) else np.nan
 
@@ -70,9 +77,7 @@ def aggregate(root: Path) -> list[dict]:
             x = np.array([_number(r[fig]) for r in done], np.float64)
             x = x[~np.isnan(x)]
             row[f"{fig}_mean"] = float(x.mean()) if x.size else None
-            row[f"{fig}_std"] = float(x.std(ddof=1)) if x.size > 1 else (
-                0.0 if x.size else None
-            )  # fmt: skip
+            row[f"{fig}_std"] = float(seed_std(x)) if x.size else None
         table.append(row)
     return table
 
@@ -86,7 +91,7 @@ def _shown(row: dict, fig: str) -> str:
     return f"{mean:.4f} ± {std:.4f}"
 
 
-def _columns(table: list[dict], keys: list[str]) -> list[str]:
+def _columns(table: list[dict]) -> list[str]:
     """Figures that some point has (virtual time only for clocked runs)."""
     return [f for f in REPORT_FIGURES if any(r[f"{f}_mean"] is not None for r in table)]
 
@@ -101,7 +106,7 @@ HEADERS = {
 
 
 def markdown(table: list[dict], keys: list[str]) -> str:
-    figs = _columns(table, keys)
+    figs = _columns(table)
     head = [*keys, "seeds", *(HEADERS[f] for f in figs)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
@@ -114,7 +119,7 @@ def markdown(table: list[dict], keys: list[str]) -> str:
 def rich_table(table: list[dict], keys: list[str], title: str):
     from rich.table import Table
 
-    figs = _columns(table, keys)
+    figs = _columns(table)
     out = Table(title=title)
     for k in [*keys, "seeds"]:
         out.add_column(k)
@@ -156,14 +161,13 @@ def figure_png(root: Path) -> bytes | None:
     curves = {v: c for v, c in curves.items() if c is not None}
     if not curves:
         return None
-    clocked = any(_number(r["virtual_time"]) == _number(r["virtual_time"])
-                  for rows in by_point.values() for r in rows)  # fmt: skip
+    clocked = any(r["virtual_time"] for rows in by_point.values() for r in rows)
     xs = [x for x in CURVE_X if x != "virtual_time" or clocked]
     fig, axes = plt.subplots(1, len(xs), figsize=(5 * len(xs), 4), squeeze=False)
     for values, c in curves.items():
         label = ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
         acc = c["test_acc_mean"]
-        mean, std = acc.mean(0), acc.std(0, ddof=1) if len(acc) > 1 else 0 * acc[0]
+        mean, std = acc.mean(0), seed_std(acc, axis=0)
         for ax, x in zip(axes[0], xs, strict=True):
             at = c[x].mean(0) / (2**20 if x == "bytes_sent_total" else 1)
             (line,) = ax.plot(at, mean, label=label or "run")

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.algorithms.base import Algorithm, PeerTopo, cohort_size
+from workbench.algorithms.base import (
+    Algorithm,
+    PeerTopo,
+    cohort_size,
+    set_rows,
+    take_rows,
+)
 from workbench.comm.arrays import Table
 from workbench.comm.exchange import EXCHANGES, Context, out_edges
 from workbench.comm.kernels import as_table
@@ -228,14 +235,6 @@ def init_state(spec: RoundSpec, seed: int, params, keys, topo_data):
     return jax.vmap(alg.init)(params, keys, view)
 
 
-def _taker(peers: jax.Array) -> Callable:
-    return lambda tree: jax.tree.map(lambda a: a[peers], tree)
-
-
-def _scatter(full, part, peers: jax.Array):
-    return jax.tree.map(lambda a, b: a.at[peers].set(b), full, part)
-
-
 class Traffic(NamedTuple):
     sent: jax.Array  # (n,) bits each peer sent this round
     server: jax.Array  # () bits the server sent this round
@@ -261,10 +260,10 @@ def make_round(spec: RoundSpec, seed: int) -> Callable:
 
     def one_round(state, t, data: PeerData, topo_data, weights):
         peers = ph.select(t)
-        take = (lambda tree: tree) if m >= n else _taker(peers)
+        take = (lambda tree: tree) if m >= n else partial(take_rows, ids=peers)
         arrays, table, view = ph.topology(topo_data, t)
         sub, outbox = ph.local(take(state), *take(tuple(data)), peers, t, take(view))
-        state = sub if m >= n else _scatter(state, sub, peers)
+        state = sub if m >= n else set_rows(state, peers, sub)
         w = take(weights)
         inbox, sent, server = ph.exchange(outbox, arrays, table, peers, w, t)
         state = ph.combine(state, inbox, view)

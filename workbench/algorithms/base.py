@@ -69,6 +69,16 @@ def rows_where(mask, new: PyTree, old: PyTree) -> PyTree:
     return jax.tree.map(pick, new, old)
 
 
+def take_rows(tree: PyTree, ids) -> PyTree:
+    """The rows ``ids`` of every leaf (leading axis)."""
+    return jax.tree.map(lambda a: a[ids], tree)
+
+
+def set_rows(tree: PyTree, ids, rows: PyTree) -> PyTree:
+    """``tree`` with its rows ``ids`` replaced by ``rows``."""
+    return jax.tree.map(lambda a, r: a.at[ids].set(r), tree, rows)
+
+
 def cohort_size(fraction: float, n: int) -> int:
     """Peers sampled per round for a participation ``fraction`` of ``n``."""
     return max(1, min(n, round(fraction * n)))

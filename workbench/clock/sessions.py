@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from workbench.algorithms.base import rows_where
+from workbench.algorithms.base import rows_where, set_rows, take_rows
 from workbench.clock.state import ClockState
 from workbench.compression import uncompressed_bits
 from workbench.keys import CLOCK, LOCAL, SESSION, round_key
@@ -72,14 +72,6 @@ def init_open(spec, params) -> Open:
     )
 
 
-def _rows(tree, ids):
-    return jax.tree.map(lambda a: a[ids], tree)
-
-
-def _scatter(tree, ids, rows):
-    return jax.tree.map(lambda a, r: a.at[ids].set(r), tree, rows)
-
-
 def make_session_tick(spec, seed: int):
     """``tick(clocked, t, data, topo_data, weights) -> clocked, Traffic, Sent``."""
     from workbench.rounds import Sent, Traffic, sample_batches
@@ -109,7 +101,7 @@ def make_session_tick(spec, seed: int):
             return proto.train(state, origin, batches, kc)
 
         keys = jax.random.split(key, u)
-        states, deltas = jax.vmap(one)(_rows(st, members), members, keys)
+        states, deltas = jax.vmap(one)(take_rows(st, members), members, keys)
         mean = jax.tree.map(lambda d: jnp.mean(d, axis=0), deltas.value)
         return states, mean, deltas.bits
 
@@ -124,24 +116,24 @@ def make_session_tick(spec, seed: int):
         sender = jax.vmap(proto.choose)(
             members, scores, jax.random.split(k_choose, slots)
         )
-        start = _rows(st.params, sender)  # (S, ...) each sender's kept model
+        start = take_rows(st.params, sender)  # (S, ...) each sender's kept model
         train_key = round_key(seed, t, LOCAL)
 
         def one_slot(carry, s):
             st, mean, bits = carry
 
             def go(st, mean, bits):
-                origin = _rows(start, s)
+                origin = take_rows(start, s)
                 key = jax.random.fold_in(train_key, s)
                 rows, m, b = train_slot(st, members[s], origin, key, data)
-                mean = jax.tree.map(lambda a, v: a.at[s].set(v), mean, m)
-                return _scatter(st, members[s], rows), mean, bits.at[s].set(b)
+                mean = set_rows(mean, s, m)
+                return set_rows(st, members[s], rows), mean, bits.at[s].set(b)
 
             return jax.lax.cond(fresh[s], go, lambda *c: c, st, mean, bits), None
 
         carry = (st, op.mean, op.bits)
         (st, mean, bits), _ = jax.lax.scan(one_slot, carry, jnp.arange(slots))
-        model_bits = float(uncompressed_bits(_rows(start, 0)))
+        model_bits = float(uncompressed_bits(take_rows(start, 0)))
         d = clock.speed.draw(round_key(seed, t, CLOCK), ck.steps) * slowdown
         seconds = (
             jnp.max(d[members], axis=1)
@@ -167,10 +159,10 @@ def make_session_tick(spec, seed: int):
 
         def one_slot(st, s):
             def go(st):
-                rows = jax.vmap(proto.apply, (0, None, None))(
-                    _rows(st, members[s]), _rows(op.start, s), _rows(op.mean, s)
-                )
-                return _scatter(st, members[s], rows)
+                origin, mean = take_rows(op.start, s), take_rows(op.mean, s)
+                members_ = take_rows(st, members[s])
+                rows = jax.vmap(proto.apply, (0, None, None))(members_, origin, mean)
+                return set_rows(st, members[s], rows)
 
             return jax.lax.cond(due[s], go, lambda st: st, st), None
 
