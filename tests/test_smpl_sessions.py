@@ -151,6 +151,17 @@ def test_bandwidth_lengthens_a_session_by_its_bytes():
     assert ends == int(np.ceil(seconds)) == 7
 
 
+def test_a_session_lasts_whole_ticks_of_the_clocks_tick():
+    """Half-second ticks: the 3.75 s session (straggler 3 s, three 0.25 s
+    transfers) lasts 8 ticks and ends within the tick that covers 3.5-4 s."""
+    out, _, _ = ticks(2, 8, clock={**CLOCK, "tick": 0.5})
+    ends = int(np.asarray(out[0][0].sessions.edges.ends)[0])
+    assert ends == 8
+    steps = [int(np.asarray(s.clock.steps)[0]) for s, _ in out]
+    assert steps == [0] * 7 + [1]  # finished in tick 7, at 4.0 s
+    np.testing.assert_allclose([tr.time for _, tr in out], 0.5 * np.arange(1, 9))
+
+
 @pytest.mark.parametrize(("variety", "per_session"), [(0, 2), (1, 1)])
 def test_regular_and_variety_decide_how_many_sessions_run_at_once(variety, per_session):
     """Two peers, regular 2: two slots. With variety 0 both hold {0, 1} at once;
