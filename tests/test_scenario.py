@@ -93,7 +93,7 @@ STRUCTURAL = [
         "execution.chunks",
         2,
         "execution.chunks",
-        "'kernel', 'memory_budget', 'compilation_cache']",
+        "'kernel', 'memory_budget', 'compilation_cache', 'replicas']",
     ),
     ("output.keep_checkpoints", "two", "output.keep_checkpoints", "got 'two'"),
     ("output", True, "output", "expected a mapping, got True"),

@@ -124,7 +124,9 @@ GRID = {"algorithm.lr": [0.05, 0.2]}
 def test_a_sweep_indexes_its_points_continues_after_a_kill_and_reports(
     tmp_path, monkeypatch, capsys
 ):
-    path = write_scenario(tmp_path, rounds=4, eval_every=2, sweep={"seeds": 2})
+    path = write_scenario(  # every point alone (replicas: tests/test_replicas.py)
+        tmp_path, rounds=4, eval_every=2, sweep={"seeds": 2}, execution={"replicas": 1}
+    )
     root = tmp_path / "sweep"
     real_save = runner.save_checkpoint
     saves, kill = [], {"at": "p002"}

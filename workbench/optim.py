@@ -104,15 +104,31 @@ def make_optimizer(
     schedule: dict | None = None,
     total_steps: int = 1,
 ) -> optax.GradientTransformation:
-    """The local optimizer: clip -> decoupled weight decay -> base(schedule)."""
-    lr_fn = learning_rate(lr, schedule=schedule, total_steps=total_steps)
-    base = OPTIMIZERS.lookup(name, "algorithm.optimizer")(lr_fn, momentum, nesterov)
+    """The local optimizer: clip -> decoupled weight decay -> base(schedule).
+
+    With a constant schedule the step size is an array of the optimizer's
+    state (``optax.inject_hyperparams``), not a constant of the compiled
+    program: runs that differ only in ``lr`` share their compiled chunk (a
+    sweep's learning rates) and can run as replicas of one program.
+    """
+    build = OPTIMIZERS.lookup(name, "algorithm.optimizer")
+    if _constant(schedule):
+        base = optax.inject_hyperparams(
+            lambda learning_rate: build(learning_rate, momentum, nesterov)
+        )(learning_rate=lr)
+    else:
+        lr_fn = learning_rate(lr, schedule=schedule, total_steps=total_steps)
+        base = build(lr_fn, momentum, nesterov)
     parts = []
     if clip:
         parts.append(optax.clip_by_global_norm(clip))
     if weight_decay:
         parts.append(optax.add_decayed_weights(weight_decay))
     return optax.chain(*parts, base) if parts else base
+
+
+def _constant(schedule: dict | None) -> bool:
+    return schedule is None or dict(schedule) == {"name": "constant"}
 
 
 class LocalOptimizer(NamedTuple):

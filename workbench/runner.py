@@ -73,7 +73,7 @@ def environment() -> dict:
     }
 
 
-def _aot(jitted, *args, **static):
+def aot(jitted, *args, **static):
     """Compiles ``jitted`` ahead of time; returns (executable, seconds)."""
     t = time.perf_counter()
     executable = jitted.lower(*args, **static).compile()
@@ -164,6 +164,110 @@ def _round_of(ckpt: Path) -> int:
     return int(ckpt.stem.split("_")[-1])
 
 
+class RunLog:
+    """One run's files as it goes: rows, TensorBoard, checkpoints, its totals.
+
+    A driver (``simulate``, or replicas of one program) runs the chunks and
+    hands each chunk's outputs to ``record``; ``finish`` writes summary.json.
+    """
+
+    def __init__(self, sim: Simulation, run_dir: Path, checkpoint: Checkpoint | None):
+        sc = sim.scenario
+        self.sim, self.run_dir = sim, run_dir
+        self.state, self.totals = _initial(sim, checkpoint)
+        shapes = jax.eval_shape(sim.evaluate, self.state.params, sim.eval_data).values
+        metric_cols, peer_cols = columns(shapes)
+        self.metrics = CsvLog(run_dir / "metrics.csv", metric_cols)
+        self.peers = CsvLog(run_dir / "peers.csv", peer_cols)
+        self.metrics.truncate_after(self.totals.round)
+        self.peers.truncate_after(self.totals.round)
+        self.privacy = self.report = None
+        if sim.attacker is not None:
+            self.privacy = PrivacyLog(run_dir, sim.attacker)
+            self.privacy.truncate_after(self.totals.round)
+            from workbench.privacy.guarantees import ACCOUNTING_JSON, accounting
+
+            self.report = accounting(sim)  # dp-accounting loads for privacy runs only
+            if self.report is not None:
+                write_json(run_dir / ACCOUNTING_JSON, self.report)
+        self.kept = checkpoint.path if checkpoint else None
+        self.start, self.t0 = self.totals.round, time.perf_counter()
+        self.scenario = scenario_to_dict(sc)
+        self.tb = Scalars(run_dir, sc.output.tensorboard)
+        self.row: dict = {}
+        self.steps = 0.0  # local steps the peers finished in this process
+
+    def wall(self) -> float:
+        return self.totals.wall + time.perf_counter() - self.t0
+
+    def check(self, finite, length: int) -> None:
+        """Raises DivergenceError if the chunk just run left non-finite params."""
+        if not bool(finite):
+            r, sc = self.totals.round, self.sim.scenario
+            raise DivergenceError(
+                _diverged(r + 1, r + length, self.kept, sc.output.checkpoint)
+            )
+
+    def record(self, state, traffic, captured, values: dict, length: int) -> dict:
+        """Writes one chunk's rows, privacy results and checkpoint; the row."""
+        sc, totals = self.sim.scenario, self.totals
+        sent = np.asarray(traffic.sent, np.float64).sum(axis=0)
+        server = float(np.asarray(traffic.server, np.float64).sum())
+        totals = Totals(
+            totals.round + length,
+            totals.sent + sent,
+            totals.server_sent + server,
+            totals.wall,
+        )
+        self.totals, wall = totals, self.wall()
+        active = _activity(self.sim, traffic)
+        row, peer_rows = rows(
+            values, totals.round, wall, totals.sent, totals.server_sent, *active
+        )
+        with deferred():
+            if self.privacy is not None:
+                self.privacy.chunk(captured)
+            self.metrics.write([row])
+            self.peers.write(peer_rows)
+            self.tb.write(row)
+            if sc.output.checkpoint:
+                self.kept = save_checkpoint(
+                    self.run_dir,
+                    totals.round,
+                    _payload(state, totals._replace(wall=wall)),
+                    self.scenario,
+                    keep=sc.output.keep_checkpoints,
+                )
+        self.steps += _steps(self.sim, traffic, length)
+        self.row = row
+        return row
+
+    def interrupted(self) -> str:
+        return _interrupted(
+            self.run_dir, self.totals.round, self.kept, self.sim.scenario
+        )
+
+    def close(self) -> None:
+        self.tb.close()
+
+    def finish(
+        self, sim: Simulation, state, timer: Timer, execution: dict, memory: dict
+    ) -> dict:
+        """Writes and returns summary.json (``sim``: as the run was executed)."""
+        row = self.row or _last_row(self.metrics)
+        summary = _summary(sim, row, timer, self.start, self.wall(), self.steps)
+        if sim.spec.clock is not None:
+            summary["clock"] = _clock_summary(sim, state, row)
+        summary["execution"] = execution
+        summary["memory"] = memory
+        if self.privacy is not None:
+            summary["privacy"] = _privacy_summary(sim, self.privacy)
+            if self.report is not None:
+                summary["privacy"]["accounting"] = self.report
+        write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
 def simulate(
     sim: Simulation,
     run_dir: Path,
@@ -174,37 +278,17 @@ def simulate(
     """Runs ``sim`` into ``run_dir`` (from ``checkpoint`` if given); the summary."""
     sc = sim.scenario
     use_compilation_cache(sc.execution.compilation_cache)
-    state, totals = _initial(sim, checkpoint)
-    shapes = jax.eval_shape(sim.evaluate, state.params, sim.eval_data).values
-    metric_cols, peer_cols = columns(shapes)
-    metrics = CsvLog(run_dir / "metrics.csv", metric_cols)
-    peers = CsvLog(run_dir / "peers.csv", peer_cols)
-    metrics.truncate_after(totals.round)
-    peers.truncate_after(totals.round)
-    privacy = report = None
-    if sim.attacker is not None:
-        privacy = PrivacyLog(run_dir, sim.attacker)
-        privacy.truncate_after(totals.round)
-        from workbench.privacy.guarantees import ACCOUNTING_JSON, accounting
-
-        report = accounting(sim)  # dp-accounting loads only for privacy runs
-        if report is not None:
-            write_json(run_dir / ACCOUNTING_JSON, report)
-    kept = checkpoint.path if checkpoint else None
-    start, t0 = totals.round, time.perf_counter()
-    scenario = scenario_to_dict(sc)
-    tb = Scalars(run_dir, sc.output.tensorboard)
-    row = {}
-    steps = 0.0  # local steps the peers finished in this process
+    log = RunLog(sim, run_dir, checkpoint)
+    state = log.state
     try:
         with (
-            RunProgress(sc.rounds, start, progress, console) as bar,
+            RunProgress(sc.rounds, log.start, progress, console) as bar,
             out_of_memory_guard(sim.estimate),
         ):
-            plan, tuning = _plan(sim, state, totals.round, bar, run_dir)
+            plan, tuning = _plan(sim, state, log.start, bar, run_dir)
             args = (sim.data, sim.topology.data, sim.weights)
-            while totals.round < sc.rounds:
-                r = totals.round
+            while log.totals.round < sc.rounds:
+                r = log.totals.round
                 length = min(sc.eval_every, sc.rounds - r)
                 strategy = tuning.next_strategy()
                 chunk = plan.chunk(strategy, length, state, args, r, bar)
@@ -225,67 +309,24 @@ def simulate(
                     train=plan.timer.train + c1 - c0,
                     eval=plan.timer.eval + time.perf_counter() - c1,
                 )
-                if not bool(ev.finite):
-                    raise DivergenceError(
-                        _diverged(r + 1, r + length, kept, sc.output.checkpoint)
-                    )
-                sent = np.asarray(traffic.sent, np.float64).sum(axis=0)
-                server = float(np.asarray(traffic.server, np.float64).sum())
-                totals = Totals(
-                    r + length,
-                    totals.sent + sent,
-                    totals.server_sent + server,
-                    totals.wall,
-                )
-                wall = totals.wall + time.perf_counter() - t0
-                row, peer_rows = rows(
-                    jax.device_get(ev.values),
-                    totals.round,
-                    wall,
-                    totals.sent,
-                    totals.server_sent,
-                    *_activity(sim, traffic),
-                )
-                with deferred():
-                    if privacy is not None:
-                        privacy.chunk(captured[0])
-                    metrics.write([row])
-                    peers.write(peer_rows)
-                    tb.write(row)
-                    if sc.output.checkpoint:
-                        kept = save_checkpoint(
-                            run_dir,
-                            totals.round,
-                            _payload(state, totals._replace(wall=wall)),
-                            scenario,
-                            keep=sc.output.keep_checkpoints,
-                        )
-                steps += _steps(sim, traffic, length)
-                speed = steps / max(plan.timer.train, 1e-9)
-                bar.advance(totals.round, row["test_acc_mean"], speed)
+                log.check(ev.finite, length)
+                values = jax.device_get(ev.values)
+                row = log.record(state, traffic, *captured or [None], values, length)
+                speed = log.steps / max(plan.timer.train, 1e-9)
+                bar.advance(log.totals.round, row["test_acc_mean"], speed)
     except KeyboardInterrupt:
-        raise RunInterrupted(_interrupted(run_dir, totals.round, kept, sc)) from None
+        raise RunInterrupted(log.interrupted()) from None
     finally:
-        tb.close()
+        log.close()
     sim = plan.sim(tuning.strategy)
     sim.state = state
-    row = row or _last_row(metrics)
-    wall = totals.wall + time.perf_counter() - t0
-    summary = _summary(sim, row, plan.timer, start, wall, steps)
-    if sim.spec.clock is not None:
-        summary["clock"] = _clock_summary(sim, state, row)
-    summary["execution"] = tuning.to_dict()
+    execution = tuning.to_dict()
     if sim.devices > 1:  # the peers were split over this many devices
-        summary["execution"]["devices"] = sim.devices
-    summary["memory"] = {**plan.footprints[tuning.strategy].to_dict(), **peak_memory()}
+        execution["devices"] = sim.devices
+    memory = {**plan.footprints[tuning.strategy].to_dict(), **peak_memory()}
     if plan.budget is not None:
-        summary["memory"]["budget_bytes"] = plan.budget.bytes
-    if privacy is not None:
-        summary["privacy"] = _privacy_summary(sim, privacy)
-        if report is not None:
-            summary["privacy"]["accounting"] = report
-    write_json(run_dir / "summary.json", summary)
-    return summary
+        memory["budget_bytes"] = plan.budget.bytes
+    return log.finish(sim, state, plan.timer, execution, memory)
 
 
 @dataclasses.dataclass
@@ -309,7 +350,7 @@ class Plan:
         """The executable of a chunk of ``length`` rounds (compiled once)."""
         if (strategy, length) not in self.chunks:
             bar.compiling(f"a chunk of {length} rounds")
-            self.chunks[strategy, length], seconds = _aot(
+            self.chunks[strategy, length], seconds = aot(
                 self.sim(strategy).chunk,
                 state,
                 *args,
@@ -358,12 +399,10 @@ def _plan(sim: Simulation, state, round_: int, bar: RunProgress, run_dir: Path):
         nonlocal timer
         candidate = sim if strategy == sim.strategy else sim.with_strategy(strategy)
         bar.compiling("the evaluation")
-        evaluate, s1 = _aot(candidate.evaluate, state.params, candidate.eval_data)
+        evaluate, s1 = aot(candidate.evaluate, state.params, candidate.eval_data)
         bar.compiling(f"a chunk of {length} rounds")
         args = (candidate.data, candidate.topology.data, candidate.weights)
-        chunk, s2 = _aot(
-            candidate.chunk, state, *args, jnp.int32(round_), length=length
-        )
+        chunk, s2 = aot(candidate.chunk, state, *args, jnp.int32(round_), length=length)
         timer = timer._replace(
             compile=timer.compile + s1 + s2, compilations=timer.compilations + 1
         )
@@ -570,13 +609,24 @@ def _start(scenario_path, overrides, out, data_dir, progress: bool) -> RunResult
             run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = new_run_dir("runs", scenario.name)
+    return start(sim, run_dir, progress)
+
+
+def start(sim: Simulation, run_dir: Path, progress: bool = True) -> RunResult:
+    """A new run of ``sim`` in the existing ``run_dir`` (locked while it runs)."""
     with run_lock(run_dir):
-        check_out_dir(run_dir)  # again, now that no one else can start here
-        header = "".join(f"# {k}: {v}\n" for k, v in environment().items())
-        with disk_errors(run_dir / RUN_MARKER):
-            (run_dir / RUN_MARKER).write_text(header + dump_scenario(scenario))
+        mark(sim.scenario, run_dir)
         _announce(run_dir, "run directory")
         return RunResult(run_dir, simulate(sim, run_dir, None, progress))
+
+
+def mark(scenario, run_dir: Path) -> None:
+    """Makes ``run_dir`` a run directory of ``scenario`` (its lock held): checks
+    it is free, now that no one else can start there, and writes scenario.yaml."""
+    check_out_dir(run_dir)
+    header = "".join(f"# {k}: {v}\n" for k, v in environment().items())
+    with disk_errors(run_dir / RUN_MARKER):
+        (run_dir / RUN_MARKER).write_text(header + dump_scenario(scenario))
 
 
 def run(

@@ -2,7 +2,9 @@
 
     <sweep>/sweep.json     the resolved base scenario and every point's keys
     <sweep>/sweep.csv      the index: point, its keys, seed, run directory,
-                           status, compilations and their seconds, final figures
+                           status, the point whose program it ran in
+                           (replica_of), compilations and their seconds (0
+                           for a replica after the first), final figures
     <sweep>/points/p000/   each point's run directory (``workbench simulate``'s)
     <sweep>/xla_cache/     compiled programs, shared by the points (JAX's
                            persistent cache, unless one is already on): points
@@ -10,8 +12,11 @@
     <sweep>/report.*       the report (workbench.report)
 
 Points come from the scenario's ``sweep:`` section and the command line's
-``--grid``/``--zip``/``--seeds`` (workbench.scenario.sweep). They run one
-after another in this process. Rerunning the same sweep continues it: a
+``--grid``/``--zip``/``--seeds`` (workbench.scenario.sweep). They run in
+this process, in order; consecutive new points that are one compiled program
+(they differ only in their seed or learning rate) run together as replicas
+of one jitted chunk, up to ``execution.replicas`` of them (workbench.replicas),
+with the numbers of separate runs. Rerunning the same sweep continues it: a
 finished point is skipped, an interrupted one resumes from its checkpoint,
 a failed one (diverged, bad data) is retried; a sweep whose points are all
 finished changes no file. The sweep directory is locked while it runs.
@@ -41,6 +46,7 @@ FIGURES = (
     "bytes_sent_total",
     "wall_seconds",
 )
+AUTO_REPLICAS = 16  # execution.replicas: auto, before the memory budget's say
 ENTRY_KEYS = ("name", "module")  # applied first: a new entry resets its section
 
 
@@ -147,8 +153,11 @@ def index_rows(statuses: list[Status], keys: list[str], root: Path) -> list[dict
         summary = s.summary or {}
         row = {"point": s.point.name, **{k: s.point.keys.get(k) for k in keys}}
         row.update(seed=s.point.seed, run_dir=str(s.run_dir.relative_to(root)))
-        row.update(status=s.status, compilations=summary.get("compilations"),
-                   compile_seconds=summary.get("compile_seconds"))  # fmt: skip
+        execution = summary.get("execution") or {}
+        shared = execution.get("replica", 0) > 0  # its group's first compiled
+        row.update(status=s.status, replica_of=execution.get("replica_of"))
+        for key in ("compilations", "compile_seconds"):
+            row[key] = 0 if shared else summary.get(key)
         row.update({f: summary.get(f) for f in FIGURES})
         row["virtual_time"] = (summary.get("clock") or {}).get("virtual_time")
         rows.append(row)
@@ -245,17 +254,23 @@ def _check_same(sweep: Sweep) -> None:
         )
 
 
-def run_point(sweep: Sweep, point: Point, progress: bool):
-    """Runs, resumes or skips one point; its Status."""
+def run_point(sweep: Sweep, point: Point, progress: bool) -> Status:
+    """Runs, resumes or skips one point alone; its Status."""
     from workbench.runner import run
 
     run_dir = sweep.run_dir(point)
+    if (run_dir / RUN_MARKER).is_file():
+        return _attempt(point, run_dir, lambda: run(None, [], resume=str(run_dir),
+                                                    progress=progress))  # fmt: skip
+    return _attempt(point, run_dir, lambda: run(
+        sweep.scenario_path, point.overrides(sweep.common), out=str(run_dir),
+        progress=progress))  # fmt: skip
+
+
+def _attempt(point: Point, run_dir: Path, go) -> Status:
+    """``go()``'s RunResult as a Status: done, or failed with its one line."""
     try:
-        if (run_dir / RUN_MARKER).is_file():
-            result = run(None, [], resume=str(run_dir), progress=progress)
-        else:
-            result = run(sweep.scenario_path, point.overrides(sweep.common),
-                         out=str(run_dir), progress=progress)  # fmt: skip
+        result = go()
     except RunInterrupted:
         raise
     except WorkbenchError as e:
@@ -263,9 +278,86 @@ def run_point(sweep: Sweep, point: Point, progress: bool):
     return Status(point, run_dir, "done", result.summary)
 
 
+def _scenario(sweep: Sweep, point: Point):
+    return load_scenario(sweep.scenario_path, point.overrides(sweep.common))
+
+
+def _replicas(sweep: Sweep) -> int:
+    cap = sweep.base.execution.replicas
+    return AUTO_REPLICAS if cap == "auto" else cap
+
+
+def _batches(sweep: Sweep, statuses: list[Status], progress: bool) -> Iterator:
+    """Runs the unfinished points, consecutive points of one program together
+    as replicas (see workbench.replicas); yields lists of Statuses as they end.
+
+    A point started before (a run directory there) resumes alone.
+    """
+    from workbench.data import resolve_data_dir
+    from workbench.engine import build
+    from workbench.replicas import program
+
+    cap, group, key = _replicas(sweep), [], None
+    for s in statuses:
+        if s.status == "done":
+            yield [s]
+            continue
+        if cap == 1 or (s.run_dir / RUN_MARKER).is_file():
+            yield [run_point(sweep, s.point, progress)]
+            continue
+        try:
+            scenario = _scenario(sweep, s.point)
+            sim = build(scenario, resolve_data_dir(None))
+            prog = program(sim)
+        except WorkbenchError as e:
+            yield [Status(s.point, s.run_dir, f"failed: {e}", None)]
+            continue
+        if group and (prog is None or prog != key or len(group) == cap):
+            yield _run_group(group, progress)
+            group = []
+        group.append((s, sim))
+        key = prog
+        if prog is None:  # runs alone
+            yield _run_group(group, progress)
+            group = []
+    if group:
+        yield _run_group(group, progress)
+
+
+def _run_group(members: list, progress: bool) -> list[Status]:
+    """New runs of one program as replicas (halved until they fit the memory
+    budget; one runs alone); their Statuses."""
+    from workbench.replicas import TooLarge, run_replicas
+    from workbench.runner import start
+
+    if len(members) == 1:
+        (s, sim), = members  # fmt: skip
+        with disk_errors(s.run_dir):
+            s.run_dir.mkdir(parents=True, exist_ok=True)
+        return [_attempt(s.point, s.run_dir, lambda: start(sim, s.run_dir, progress))]
+    sims, dirs = [sim for _, sim in members], [s.run_dir for s, _ in members]
+    try:
+        results = run_replicas(sims, dirs, progress)
+    except TooLarge:
+        half = len(members) // 2
+        return _run_group(members[:half], progress) + _run_group(
+            members[half:], progress
+        )
+    except RunInterrupted:
+        raise
+    except WorkbenchError as e:
+        return [Status(s.point, s.run_dir, f"failed: {e}", None) for s, _ in members]
+    return [
+        Status(s.point, s.run_dir, "done", r)
+        if isinstance(r, dict)
+        else Status(s.point, s.run_dir, f"failed: {r}", None)
+        for (s, _), r in zip(members, results, strict=True)
+    ]
+
+
 def run_sweep(sweep: Sweep, progress: bool = True) -> Iterator:
     """Runs the sweep's unfinished points; yields each point's Status as it
-    finishes (the index is rewritten after each)."""
+    finishes (the index is rewritten after each batch)."""
     _check_same(sweep)
     statuses = sweep.statuses()
     index = sweep.root / INDEX
@@ -281,9 +373,9 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> Iterator:
     with run_lock(sweep.root), compilation_cache(str(sweep.root / CACHE)):
         if not (sweep.root / SPEC).is_file():
             write_json(sweep.root / SPEC, sweep.spec())
-        for i, s in enumerate(statuses):
-            if s.status != "done":
-                statuses[i] = run_point(sweep, s.point, progress)
+        for batch in _batches(sweep, statuses, progress):
+            for s in batch:
+                statuses[s.point.index] = s
             rows = index_rows(statuses, sweep.keys, sweep.root)
             write_if_changed(index, csv_text(rows))
-            yield statuses[i]
+            yield from batch

@@ -47,6 +47,10 @@ class ExecutionConfig(FrozenModel):
         to fit, other strategies fail in one line. None: no check.
       compilation_cache: a directory for JAX's persistent compilation cache,
         so a repeated run of the same shapes skips compilation.
+      replicas: the most runs of a sweep that run as replicas of one jitted
+        chunk (runs that differ only in their seed or learning rate; see
+        workbench.replicas); 1: every run alone. ``auto``: up to 16, fewer
+        when the memory budget needs it. ``workbench simulate`` runs alone.
     """
 
     strategy: Literal["auto", "vmap", "map", "unroll"] = "auto"
@@ -55,13 +59,14 @@ class ExecutionConfig(FrozenModel):
     kernel: Literal["auto", "mean", "roll", "table", "segment", "dense"] = "auto"
     memory_budget: float | None = Field(None, gt=0)
     compilation_cache: str | None = None
+    replicas: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
 
-    @field_validator("devices", mode="before")
+    @field_validator("devices", "replicas", mode="before")
     @classmethod
-    def _devices(cls, value):
+    def _devices(cls, value, info):
         ok = value is None or value == "auto" or type(value) is int and value >= 1
         if not ok:  # one message, not one per member of the union
-            raise PydanticCustomError("devices", "expected an int >= 1 or 'auto'")
+            raise PydanticCustomError(info.field_name, "expected an int >= 1 or 'auto'")
         return value
 
 

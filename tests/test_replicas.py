@@ -1,0 +1,144 @@
+"""Replicas: runs of one program stacked in one jitted chunk give, bit for bit,
+the numbers of separate runs; a sweep groups its points into them."""
+
+import csv
+import json
+
+import pytest
+
+import workbench.replicas as replicas
+import workbench.runner as runner
+from tests.test_engine import write_scenario
+from workbench.engine import build
+from workbench.errors import RunInterrupted
+from workbench.scenario import load_scenario
+from workbench.sweep import plan, run_sweep
+
+NOT_WALL = lambda row: {k: v for k, v in row.items() if k != "wall_time"}  # noqa: E731
+SAME = ("final_mean_test_accuracy", "final_consensus_distance", "bytes_sent_total",
+        "final_averaged_model_accuracy", "num_params")  # fmt: skip
+
+
+def read(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def sims(path, sets):
+    return [build(load_scenario(path, s)) for s in sets]
+
+
+def files(run_dir):
+    """metrics.csv and peers.csv rows, wall time left out, and the summary."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return ([NOT_WALL(r) for r in read(run_dir / "metrics.csv")],
+            read(run_dir / "peers.csv"), {k: summary[k] for k in SAME})  # fmt: skip
+
+
+def test_replicas_write_the_numbers_of_separate_runs_bit_for_bit(tmp_path):
+    path = write_scenario(tmp_path, rounds=5, eval_every=2)  # a last, short chunk
+    sets = [["seed=1"], ["seed=2"], ["seed=1", "algorithm.lr=0.2"]]
+    group = sims(path, sets)
+    first = replicas.program(group[0])
+    assert all(replicas.program(s) == first for s in group)
+    dirs = [tmp_path / f"rep{i}" for i in range(3)]
+    summaries = replicas.run_replicas(group, dirs, progress=False)
+    for i, s in enumerate(sets):
+        alone = tmp_path / f"alone{i}"
+        alone.mkdir()
+        runner.start(build(load_scenario(path, s)), alone, progress=False)
+        assert files(dirs[i]) == files(alone)
+        assert (dirs[i] / "scenario.yaml").is_file()
+        execution = summaries[i]["execution"]
+        assert (execution["replicas"], execution["replica"]) == (3, i)
+        assert execution["replica_of"] == "rep0"
+    # the three differ (seed, lr): equal files above are not equal by accident
+    assert len({files(d)[2]["final_mean_test_accuracy"] for d in dirs}) == 3
+    assert summaries[0]["compilations"] == 2  # chunks of 2 rounds and of 1
+
+
+def test_a_different_shape_or_a_privacy_stage_is_another_program(tmp_path):
+    path = write_scenario(tmp_path)
+    base, wider, wider2 = sims(path, [[], ["model.hidden=[8]"], ["model.hidden=[8]",
+                                                                 "seed=5"]])  # fmt: skip
+    assert replicas.program(base) != replicas.program(wider)
+    assert replicas.program(wider) == replicas.program(wider2)
+    momentum = sims(path, [["algorithm.momentum=0.5"]])[0]  # a constant, not state
+    assert replicas.program(momentum) != replicas.program(base)
+    private = write_scenario(tmp_path, privacy={"victims": [0], "every": 2})
+    assert replicas.program(build(load_scenario(private))) is None
+
+
+def test_a_sweep_runs_each_program_once_as_replicas(tmp_path, monkeypatch):
+    path = write_scenario(tmp_path, rounds=4, eval_every=2)
+    grid = {"model.hidden": [[16], [8]], "algorithm.lr": [0.05, 0.1]}
+    sweep = plan(str(path), [], grid, {}, 2, str(tmp_path / "s"))
+    compiled = []
+    real = replicas.compile_group
+    monkeypatch.setattr(replicas, "compile_group",
+                        lambda s, *a: compiled.append(len(s)) or real(s, *a))  # fmt: skip
+    statuses = list(run_sweep(sweep, progress=False))
+    assert [s.status for s in statuses] == ["done"] * 8
+    assert compiled == [4, 4]  # one program per width, its 2 lr x 2 seeds stacked
+    rows = read(tmp_path / "s" / "sweep.csv")
+    assert [r["replica_of"] for r in rows] == ["p000"] * 4 + ["p004"] * 4
+    assert [int(r["compilations"]) for r in rows] == [1, 0, 0, 0, 1, 0, 0, 0]
+    # each point's numbers are its separate run's
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    p = sweep.points[6]
+    runner.start(build(load_scenario(path, p.overrides())), alone, progress=False)
+    assert files(alone) == files(tmp_path / "s" / "points" / "p006")
+
+
+def test_replicas_over_the_memory_budget_are_halved(tmp_path, monkeypatch):
+    path = write_scenario(tmp_path, rounds=2, eval_every=2)
+    sweep = plan(str(path), [], {}, {}, 4, str(tmp_path / "s"))
+    real = replicas.compile_group
+
+    def budget(group, *args):  # room for two replicas, as a budget would say
+        if len(group) > 2:
+            raise replicas.TooLarge(f"{len(group)} replicas need more")
+        return real(group, *args)
+
+    monkeypatch.setattr(replicas, "compile_group", budget)
+    assert [s.status for s in run_sweep(sweep, progress=False)] == ["done"] * 4
+    rows = read(tmp_path / "s" / "sweep.csv")
+    assert [r["replica_of"] for r in rows] == ["p000", "p000", "p002", "p002"]
+
+
+def test_a_killed_group_resumes_alone_with_the_same_numbers(tmp_path, monkeypatch):
+    path = write_scenario(tmp_path, rounds=4, eval_every=2)
+    sweep = plan(str(path), [], {}, {}, 3, str(tmp_path / "s"))
+    real_save = runner.save_checkpoint
+    kill = {"at": "p001"}
+
+    def killed(run_dir, round_, *args, **kwargs):
+        saved = real_save(run_dir, round_, *args, **kwargs)
+        if run_dir.name == kill["at"] and round_ == 2:
+            raise KeyboardInterrupt
+        return saved
+
+    monkeypatch.setattr(runner, "save_checkpoint", killed)
+    with pytest.raises(RunInterrupted, match="rerunning the sweep continues them"):
+        list(run_sweep(sweep, progress=False))
+    kill["at"] = None
+    statuses = list(run_sweep(sweep, progress=False))
+    assert [s.status for s in statuses] == ["done"] * 3
+    rows = read(tmp_path / "s" / "sweep.csv")
+    assert [r["replica_of"] for r in rows] == ["", "", ""]  # resumed alone
+    for p in sweep.points:
+        alone = tmp_path / f"alone{p.seed}"
+        alone.mkdir()
+        runner.start(build(load_scenario(path, p.overrides())), alone, progress=False)
+        assert files(alone) == files(tmp_path / "s" / "points" / p.name)
+
+
+def test_a_diverged_replica_fails_alone(tmp_path):
+    path = write_scenario(tmp_path, rounds=4, eval_every=2)
+    sweep = plan(str(path), [], {"algorithm.lr": [0.05, 1e12]}, {}, None,
+                 str(tmp_path / "s"))  # fmt: skip
+    statuses = list(run_sweep(sweep, progress=False))
+    assert statuses[0].status == "done"
+    assert statuses[1].status.startswith("failed: training diverged")
+    assert statuses[0].summary["execution"]["replicas"] == 2
