@@ -59,30 +59,34 @@ def test_replicas_write_the_numbers_of_separate_runs_bit_for_bit(tmp_path):
 
 def test_a_different_shape_or_a_privacy_stage_is_another_program(tmp_path):
     path = write_scenario(tmp_path)
-    base, wider, wider2 = sims(path, [[], ["model.hidden=[8]"], ["model.hidden=[8]",
-                                                                 "seed=5"]])  # fmt: skip
+    wide = "model.hidden=[8]"
+    base, wider, wider2 = sims(path, [[], [wide], [wide, "seed=5"]])
     assert replicas.program(base) != replicas.program(wider)
     assert replicas.program(wider) == replicas.program(wider2)
     momentum = sims(path, [["algorithm.momentum=0.5"]])[0]  # a constant, not state
     assert replicas.program(momentum) != replicas.program(base)
+    metrics = sims(path, [["evaluation.metrics=[generalization_gap]"]])[0]
+    assert replicas.program(metrics).chunk == replicas.program(base).chunk
+    assert replicas.program(metrics) != replicas.program(base)
     private = write_scenario(tmp_path, privacy={"victims": [0], "every": 2})
     assert replicas.program(build(load_scenario(private))) is None
 
 
 def test_a_sweep_runs_each_program_once_as_replicas(tmp_path, monkeypatch):
     path = write_scenario(tmp_path, rounds=4, eval_every=2)
-    grid = {"model.hidden": [[16], [8]], "algorithm.lr": [0.05, 0.1]}
+    grid = {"algorithm.lr": [0.05, 0.1], "model.hidden": [[16], [8]]}
     sweep = plan(str(path), [], grid, {}, 2, str(tmp_path / "s"))
     compiled = []
     real = replicas.compile_group
-    monkeypatch.setattr(replicas, "compile_group",
-                        lambda s, *a: compiled.append(len(s)) or real(s, *a))  # fmt: skip
+    counted = lambda s, *a: compiled.append(len(s)) or real(s, *a)  # noqa: E731
+    monkeypatch.setattr(replicas, "compile_group", counted)
     statuses = list(run_sweep(sweep, progress=False))
     assert [s.status for s in statuses] == ["done"] * 8
-    assert compiled == [4, 4]  # one program per width, its 2 lr x 2 seeds stacked
+    assert compiled == [4, 4]  # one program per width: its 2 lr x 2 seeds stacked
     rows = read(tmp_path / "s" / "sweep.csv")
-    assert [r["replica_of"] for r in rows] == ["p000"] * 4 + ["p004"] * 4
-    assert [int(r["compilations"]) for r in rows] == [1, 0, 0, 0, 1, 0, 0, 0]
+    # the points of one width are one program, wherever they are in the grid
+    assert [r["replica_of"] for r in rows] == ["p000", "p000", "p002", "p002"] * 2
+    assert [int(r["compilations"]) for r in rows] == [1, 0, 1, 0, 0, 0, 0, 0]
     # each point's numbers are its separate run's
     alone = tmp_path / "alone"
     alone.mkdir()

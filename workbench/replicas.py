@@ -16,8 +16,9 @@ speed, vmap's parameters within 9e-7 of theirs). Each run still writes its
 own run directory as it goes (rows, checkpoints, summary): a group that is
 interrupted resumes as separate runs, with the same numbers.
 
-``program`` says whether two runs are one program: their chunk's and their
-evaluation's jaxprs (constants included) are equal. Runs with a privacy
+``program`` says whether two runs are one program: their chunks' jaxprs
+(constants included) are equal, and so are their evaluations' model, metrics,
+strategy and input shapes. Runs with a privacy
 stage or split over devices always run alone.
 """
 
@@ -47,8 +48,8 @@ class Program(NamedTuple):
     """What makes two runs one compiled program (see ``program``)."""
 
     chunk: str  # the jaxpr of a chunk of eval_every rounds, seed traced
-    evaluate: str  # the jaxpr of the evaluation
-    consts: str  # digest of both jaxprs' constants
+    evaluate: str  # what the evaluation is built from, and its inputs' shapes
+    consts: str  # digest of the chunk's constants
     rounds: int
     eval_every: int
 
@@ -79,9 +80,14 @@ def program(sim: Simulation) -> Program | None:
 
     args = (sim.state, sim.data, sim.topology.data, sim.weights)
     c = jax.make_jaxpr(chunk)(*args, jnp.int32(0), np.uint32(0))
-    e = jax.make_jaxpr(sim.evaluate)(sim.state.params, sim.eval_data)
-    digest = _digest([*c.consts, *e.consts])
-    return Program(str(c.jaxpr), str(e.jaxpr), digest, sc.rounds, sc.eval_every)
+    # the evaluation is built from the model, the metrics and the strategy
+    # alone (no seed, no learning rate): those and its inputs' shapes decide it
+    inputs = (sim.state.params, sim.eval_data)
+    shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(inputs)]
+    built = (jax.tree.structure(inputs), shapes, sc.model, sc.evaluation)
+    evaluate = repr((*built, sim.strategy))
+    digest = _digest(c.consts)
+    return Program(str(c.jaxpr), evaluate, digest, sc.rounds, sc.eval_every)
 
 
 def stack(trees):
@@ -168,7 +174,7 @@ def run_replicas(
     its run directory (made, locked and marked once the group has compiled
     within the memory budget); each run's summary, or why it failed
     (diverged). Raises TooLarge, with nothing written, over the budget."""
-    sc, n = sims[0].scenario, len(sims)
+    sc, n, started = sims[0].scenario, len(sims), time.perf_counter()
     with RunProgress(sc.rounds, 0, progress, console) as bar, ExitStack() as locks:
         group, timer, first = compile_group(sims, bar, Timer())
         for i, (sim, run_dir) in enumerate(zip(sims, run_dirs, strict=True)):
@@ -177,7 +183,11 @@ def run_replicas(
             locks.enter_context(run_lock(run_dir))
             mark(sim.scenario, run_dir)
             print(f"workbench: run directory {run_dir} (replica {i + 1} of {n})")
-        logs = [RunLog(s, d, None) for s, d in zip(sims, run_dirs, strict=True)]
+        sim = sims[0]  # one program: one evaluation's shapes for every log
+        shapes = jax.eval_shape(sim.evaluate, sim.state.params, sim.eval_data)
+        logs = [RunLog(s, d, None, shapes) for s, d in zip(sims, run_dirs, strict=True)]
+        for log in logs:  # a run's wall time counts the group's compilation
+            log.t0 = started
         try:
             state, timer, failed = _run(group, first, logs, bar, timer)
         except KeyboardInterrupt:
@@ -226,10 +236,12 @@ def _run(group: Group, first, logs: list[RunLog], bar: RunProgress, timer: Timer
         timer = timer._replace(
             train=timer.train + c1 - c0, eval=timer.eval + time.perf_counter() - c1
         )
-        values, finite = jax.device_get((ev.values, ev.finite))
+        # on the host once, sliced per replica there (the checkpoints need it)
+        kept = state if sc.output.checkpoint else None
+        host = jax.device_get((kept, traffic, ev.values, ev.finite))
         for i, log in enumerate(logs):
             if failed[i] is None:
-                failed[i] = _record(log, state, traffic, values, finite, i, length)
+                failed[i] = _record(log, *host, i, length)
         accuracy = np.mean([log.row.get("test_acc_mean", 0.0) for log in logs])
         speed = sum(log.steps for log in logs) / max(timer.train, 1e-9)
         bar.advance(r + length, float(accuracy), speed)
@@ -242,5 +254,6 @@ def _record(log: RunLog, state, traffic, values, finite, i: int, length: int):
         log.check(finite[i], length)
     except DivergenceError as e:
         return str(e)
-    log.record(take(state, i), take(traffic, i), None, take(values, i), length)
+    state = None if state is None else take(state, i)
+    log.record(state, take(traffic, i), None, take(values, i), length)
     return None

@@ -171,11 +171,16 @@ class RunLog:
     hands each chunk's outputs to ``record``; ``finish`` writes summary.json.
     """
 
-    def __init__(self, sim: Simulation, run_dir: Path, checkpoint: Checkpoint | None):
+    def __init__(
+        self, sim: Simulation, run_dir: Path, checkpoint: Checkpoint | None, shapes=None
+    ):
+        """``shapes``: the evaluation's outputs (``jax.eval_shape``), if known."""
         sc = sim.scenario
         self.sim, self.run_dir = sim, run_dir
         self.state, self.totals = _initial(sim, checkpoint)
-        shapes = jax.eval_shape(sim.evaluate, self.state.params, sim.eval_data).values
+        if shapes is None:
+            shapes = jax.eval_shape(sim.evaluate, self.state.params, sim.eval_data)
+        shapes = shapes.values
         metric_cols, peer_cols = columns(shapes)
         self.metrics = CsvLog(run_dir / "metrics.csv", metric_cols)
         self.peers = CsvLog(run_dir / "peers.csv", peer_cols)

@@ -298,10 +298,9 @@ def _batches(sweep: Sweep, statuses: list[Status], progress: bool) -> Iterator:
     from workbench.replicas import program
 
     cap, group, key = _replicas(sweep), [], None
-    for s in statuses:
-        if s.status == "done":
-            yield [s]
-            continue
+    yield from ([s] for s in statuses if s.status == "done")
+    todo = [s for s in statuses if s.status != "done"]
+    for s in _run_order(sweep, todo) if cap > 1 else todo:
         if cap == 1 or (s.run_dir / RUN_MARKER).is_file():
             yield [run_point(sweep, s.point, progress)]
             continue
@@ -322,6 +321,18 @@ def _batches(sweep: Sweep, statuses: list[Status], progress: bool) -> Iterator:
             group = []
     if group:
         yield _run_group(group, progress)
+
+
+def _run_order(sweep: Sweep, todo: list[Status]) -> list[Status]:
+    """``todo`` with the points that may be one program next to each other:
+    those equal but for their seed and learning rate (in point order)."""
+    order: dict[str, list[Status]] = {}
+    for s in todo:
+        raw = scenario_to_dict(_scenario(sweep, s.point))
+        raw.pop("seed", None)
+        raw.get("algorithm", {}).pop("lr", None)
+        order.setdefault(json.dumps(raw, sort_keys=True, default=str), []).append(s)
+    return [s for same in order.values() for s in same]
 
 
 def _run_group(members: list, progress: bool) -> list[Status]:

@@ -148,6 +148,13 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model: nn.Module, key, x):
+    """``model.init``, compiled once per model (modules compare by their fields):
+    a sweep's points of one model skip it."""
+    return model.init(key, x)
+
+
 def init_params(model: nn.Module, input_shape: tuple[int, ...], key: jax.Array):
     """Initializes ``model`` on a zero batch of shape ``(1, *input_shape)``.
 
@@ -159,7 +166,7 @@ def init_params(model: nn.Module, input_shape: tuple[int, ...], key: jax.Array):
         statistics...), which per-peer averaging cannot handle.
     """
     x = jnp.zeros((1, *input_shape), jnp.float32)
-    variables = jax.jit(model.init)(key, x)
+    variables = _init(model, key, x)
     extra = sorted(set(variables) - {"params"})
     if extra:
         raise ScenarioError(
