@@ -214,6 +214,22 @@ CACHE_OPTIONS = (
 )
 
 
+_HITS = [0]  # programs JAX's persistent cache has served in this process
+
+
+def _count_hit(event: str, **_) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _HITS[0] += 1
+
+
+jax.monitoring.register_event_listener(_count_hit)
+
+
+def cache_hits() -> int:
+    """Programs the persistent compilation cache has served so far (JAX's events)."""
+    return _HITS[0]
+
+
 @contextlib.contextmanager
 def compilation_cache(directory: str):
     """JAX's persistent compilation cache in ``directory`` for the block,

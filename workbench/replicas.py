@@ -147,16 +147,16 @@ def compile_group(sims: list[Simulation], bar: RunProgress, timer: Timer):
     eval_data = stack([s.eval_data for s in sims])
     seeds = jnp.asarray([s.scenario.seed for s in sims], jnp.uint32)
     bar.compiling(f"the evaluation of {len(sims)} replicas")
-    evaluate, s1 = aot(replica_evaluate(sim), state.params, eval_data)
+    evaluate, s1, _ = aot(replica_evaluate(sim), state.params, eval_data)
     chunk = replica_chunk(sim)
     length = min(sc.eval_every, sc.rounds)
     bar.compiling(f"a chunk of {length} rounds for {len(sims)} replicas")
-    first, s2 = aot(chunk, state, *args, jnp.int32(0), seeds, length=length)
+    first, s2, cached = aot(chunk, state, *args, jnp.int32(0), seeds, length=length)
     fp = footprint(first, evaluate, sim.strategy)
     budget = memory_budget(sc.execution.memory_budget)
     if budget is not None and fp.peak > budget.bytes:
         raise TooLarge(f"{len(sims)} replicas need {fp.describe()}")
-    timer = timer._replace(compile=s1 + s2, compilations=1)
+    timer = timer.compiled(s1 + s2, cached)
     return Group(state, args, eval_data, seeds, chunk, evaluate, fp), timer, first
 
 
@@ -223,10 +223,8 @@ def _run(group: Group, first, logs: list[RunLog], bar: RunProgress, timer: Timer
         if length not in chunks:
             bar.compiling(f"a chunk of {length} rounds for {n} replicas")
             args = (state, *group.args, start, group.seeds)
-            chunks[length], s = aot(group.chunk, *args, length=length)
-            timer = timer._replace(
-                compile=timer.compile + s, compilations=timer.compilations + 1
-            )
+            chunks[length], s, cached = aot(group.chunk, *args, length=length)
+            timer = timer.compiled(s, cached)
         c0 = time.perf_counter()
         state, traffic = jax.block_until_ready(
             chunks[length](state, *group.args, start, group.seeds)

@@ -36,6 +36,7 @@ from workbench.interrupts import deferred
 from workbench.memory import out_of_memory_guard
 from workbench.planner import (
     Budget,
+    cache_hits,
     fit,
     footprint,
     memory_budget,
@@ -74,10 +75,11 @@ def environment() -> dict:
 
 
 def aot(jitted, *args, **static):
-    """Compiles ``jitted`` ahead of time; returns (executable, seconds)."""
-    t = time.perf_counter()
+    """Compiles ``jitted`` ahead of time; (executable, seconds, whether the
+    persistent compilation cache served it instead of XLA)."""
+    hits, t = cache_hits(), time.perf_counter()
     executable = jitted.lower(*args, **static).compile()
-    return executable, time.perf_counter() - t
+    return executable, time.perf_counter() - t, cache_hits() > hits
 
 
 class Totals(NamedTuple):
@@ -116,10 +118,19 @@ def _initial(sim: Simulation, ckpt: Checkpoint | None):
 
 
 class Timer(NamedTuple):
-    compile: float = 0.0
+    compile: float = 0.0  # seconds compiling (or loading) chunks and evaluation
     train: float = 0.0  # seconds inside chunks of rounds
     eval: float = 0.0
-    compilations: int = 0
+    compilations: int = 0  # chunk programs XLA compiled
+    cached: int = 0  # chunk programs the persistent compilation cache served
+
+    def compiled(self, seconds: float, cached: bool) -> Timer:
+        """With one more chunk program (and ``seconds`` more compiling)."""
+        return self._replace(
+            compile=self.compile + seconds,
+            compilations=self.compilations + (not cached),
+            cached=self.cached + cached,
+        )
 
 
 def _diverged(first: int, last: int, kept: Path | None, enabled: bool) -> str:
@@ -355,17 +366,14 @@ class Plan:
         """The executable of a chunk of ``length`` rounds (compiled once)."""
         if (strategy, length) not in self.chunks:
             bar.compiling(f"a chunk of {length} rounds")
-            self.chunks[strategy, length], seconds = aot(
+            self.chunks[strategy, length], seconds, cached = aot(
                 self.sim(strategy).chunk,
                 state,
                 *args,
                 jnp.int32(round_),
                 length=length,
             )
-            self.timer = self.timer._replace(
-                compile=self.timer.compile + seconds,
-                compilations=self.timer.compilations + 1,
-            )
+            self.timer = self.timer.compiled(seconds, cached)
             self.compile_seconds.setdefault(strategy, seconds)
         return self.chunks[strategy, length]
 
@@ -404,13 +412,12 @@ def _plan(sim: Simulation, state, round_: int, bar: RunProgress, run_dir: Path):
         nonlocal timer
         candidate = sim if strategy == sim.strategy else sim.with_strategy(strategy)
         bar.compiling("the evaluation")
-        evaluate, s1 = aot(candidate.evaluate, state.params, candidate.eval_data)
+        evaluate, s1, _ = aot(candidate.evaluate, state.params, candidate.eval_data)
         bar.compiling(f"a chunk of {length} rounds")
         args = (candidate.data, candidate.topology.data, candidate.weights)
-        chunk, s2 = aot(candidate.chunk, state, *args, jnp.int32(round_), length=length)
-        timer = timer._replace(
-            compile=timer.compile + s1 + s2, compilations=timer.compilations + 1
-        )
+        start = jnp.int32(round_)
+        chunk, s2, cached = aot(candidate.chunk, state, *args, start, length=length)
+        timer = timer.compiled(s1 + s2, cached)
         built[strategy] = (candidate, evaluate, chunk, s2)
         return footprint(chunk, evaluate, strategy)
 
@@ -530,6 +537,7 @@ def _summary(
         "wall_seconds": wall,
         "compile_seconds": timer.compile,
         "compilations": timer.compilations,
+        "cached_compilations": timer.cached,
         "train_seconds": timer.train,
         "eval_seconds": timer.eval,
         "peer_steps_per_second": steps / max(timer.train, 1e-9),

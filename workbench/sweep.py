@@ -3,8 +3,9 @@
     <sweep>/sweep.json     the resolved base scenario and every point's keys
     <sweep>/sweep.csv      the index: point, its keys, seed, run directory,
                            status, the point whose program it ran in
-                           (replica_of), compilations and their seconds (0
-                           for a replica after the first), final figures
+                           (replica_of), chunk programs compiled and loaded
+                           from the cache, their seconds (0 for a replica
+                           after the first), final figures
     <sweep>/points/p000/   each point's run directory (``workbench simulate``'s)
     <sweep>/xla_cache/     compiled programs, shared by the points (JAX's
                            persistent cache, unless one is already on): points
@@ -156,7 +157,7 @@ def index_rows(statuses: list[Status], keys: list[str], root: Path) -> list[dict
         execution = summary.get("execution") or {}
         shared = execution.get("replica", 0) > 0  # its group's first compiled
         row.update(status=s.status, replica_of=execution.get("replica_of"))
-        for key in ("compilations", "compile_seconds"):
+        for key in ("compilations", "cached_compilations", "compile_seconds"):
             row[key] = 0 if shared else summary.get(key)
         row.update({f: summary.get(f) for f in FIGURES})
         row["virtual_time"] = (summary.get("clock") or {}).get("virtual_time")
