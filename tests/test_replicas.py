@@ -54,8 +54,12 @@ def test_replicas_write_the_numbers_of_separate_runs_bit_for_bit(tmp_path):
         assert execution["replica_of"] == "rep0"
     # the three differ (seed, lr): equal files above are not equal by accident
     assert len({files(d)[2]["final_mean_test_accuracy"] for d in dirs}) == 3
-    programs = summaries[0]["compilations"] + summaries[0]["cached_compilations"]
-    assert programs == 2  # chunks of 2 rounds and of 1
+    programs = [s["compilations"] + s["cached_compilations"] for s in summaries]
+    assert programs == [2, 0, 0]  # chunks of 2 rounds and of 1, on the first
+    # each reports its share of the group's times: they add up to the group's
+    group = summaries[0]["execution"]["group_wall_seconds"]
+    assert sum(s["wall_seconds"] for s in summaries) == pytest.approx(group)
+    assert len({s["train_seconds"] for s in summaries}) == 1
 
 
 def test_a_different_shape_or_a_privacy_stage_is_another_program(tmp_path):

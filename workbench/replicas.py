@@ -200,6 +200,10 @@ def run_replicas(
             for log in logs:
                 log.close()
     memory = {**group.footprint.to_dict(), **peak_memory()}
+    # each run reports its share of the group's times (summed over the runs:
+    # the group's); the first also counts the group's compilations
+    share = Timer(timer.compile / n, timer.train / n, timer.eval / n)
+    wall = time.perf_counter() - started
     out: list[dict | str] = []
     for i, log in enumerate(logs):
         if failed[i] is not None:
@@ -207,7 +211,10 @@ def run_replicas(
             continue
         sim = dataclasses.replace(log.sim, state=take(state, i))
         execution = _execution(sim, n, i, run_dirs[0])
-        out.append(log.finish(sim, sim.state, timer, execution, memory))
+        execution["group_wall_seconds"] = wall
+        mine = share._replace(compilations=timer.compilations,
+                              cached=timer.cached) if i == 0 else share  # fmt: skip
+        out.append(log.finish(sim, sim.state, mine, execution, memory, wall / n))
     return out
 
 

@@ -267,11 +267,19 @@ class RunLog:
         self.tb.close()
 
     def finish(
-        self, sim: Simulation, state, timer: Timer, execution: dict, memory: dict
+        self,
+        sim: Simulation,
+        state,
+        timer: Timer,
+        execution: dict,
+        memory: dict,
+        wall: float | None = None,
     ) -> dict:
-        """Writes and returns summary.json (``sim``: as the run was executed)."""
+        """Writes and returns summary.json (``sim``: as the run was executed;
+        ``wall``: its wall seconds, when it is a share of a group's)."""
         row = self.row or _last_row(self.metrics)
-        summary = _summary(sim, row, timer, self.start, self.wall(), self.steps)
+        wall = self.wall() if wall is None else wall
+        summary = _summary(sim, row, timer, self.start, wall, self.steps)
         if sim.spec.clock is not None:
             summary["clock"] = _clock_summary(sim, state, row)
         summary["execution"] = execution

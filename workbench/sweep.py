@@ -4,8 +4,8 @@
     <sweep>/sweep.csv      the index: point, its keys, seed, run directory,
                            status, the point whose program it ran in
                            (replica_of), chunk programs compiled and loaded
-                           from the cache, their seconds (0 for a replica
-                           after the first), final figures
+                           from the cache (a group's, on its first point),
+                           compile seconds (a replica's share), final figures
     <sweep>/points/p000/   each point's run directory (``workbench simulate``'s)
     <sweep>/xla_cache/     compiled programs, shared by the points (JAX's
                            persistent cache, unless one is already on): points
@@ -155,10 +155,9 @@ def index_rows(statuses: list[Status], keys: list[str], root: Path) -> list[dict
         row = {"point": s.point.name, **{k: s.point.keys.get(k) for k in keys}}
         row.update(seed=s.point.seed, run_dir=str(s.run_dir.relative_to(root)))
         execution = summary.get("execution") or {}
-        shared = execution.get("replica", 0) > 0  # its group's first compiled
         row.update(status=s.status, replica_of=execution.get("replica_of"))
         for key in ("compilations", "cached_compilations", "compile_seconds"):
-            row[key] = 0 if shared else summary.get(key)
+            row[key] = summary.get(key)
         row.update({f: summary.get(f) for f in FIGURES})
         row["virtual_time"] = (summary.get("clock") or {}).get("virtual_time")
         rows.append(row)
