@@ -4,6 +4,10 @@ the numbers of separate runs; a sweep groups its points into them."""
 import csv
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 import workbench.replicas as replicas
@@ -11,6 +15,7 @@ import workbench.runner as runner
 from tests.test_engine import write_scenario
 from workbench.engine import build
 from workbench.errors import RunInterrupted
+from workbench.optim import make_optimizer
 from workbench.scenario import load_scenario
 from workbench.sweep import plan, run_sweep
 
@@ -68,8 +73,11 @@ def test_a_different_shape_or_a_privacy_stage_is_another_program(tmp_path):
     base, wider, wider2 = sims(path, [[], [wide], [wide, "seed=5"]])
     assert replicas.program(base) != replicas.program(wider)
     assert replicas.program(wider) == replicas.program(wider2)
-    momentum = sims(path, [["algorithm.momentum=0.5"]])[0]  # a constant, not state
-    assert replicas.program(momentum) != replicas.program(base)
+    # SGD's momentum is state; nesterov (or momentum 0: no trace) is structure
+    momentum, nesterov = sims(path, [["algorithm.momentum=0.5"],
+                                     ["algorithm.nesterov=true"]])  # fmt: skip
+    assert replicas.program(momentum) == replicas.program(base)
+    assert replicas.program(nesterov) != replicas.program(base)
     metrics = sims(path, [["evaluation.metrics=[generalization_gap]"]])[0]
     assert replicas.program(metrics).chunk == replicas.program(base).chunk
     assert replicas.program(metrics) != replicas.program(base)
@@ -152,3 +160,39 @@ def test_a_diverged_replica_fails_alone(tmp_path):
     assert statuses[0].status == "done"
     assert statuses[1].status.startswith("failed: training diverged")
     assert statuses[0].summary["execution"]["replicas"] == 2
+
+
+@pytest.mark.parametrize(
+    "name, momentum, plain",
+    [
+        ("sgd", 0.9, lambda lr: optax.sgd(lr, momentum=0.9)),
+        ("sgd", 0.0, lambda lr: optax.sgd(lr)),
+        ("momentum", 0.0, lambda lr: optax.sgd(lr, momentum=0.9)),
+        ("adam", 0.0, lambda lr: optax.adam(lr, b1=0.9)),
+    ],
+)
+def test_step_size_and_momentum_as_state_update_as_constants_do(name, momentum, plain):
+    """Bit for bit what optax does with constants; the step size (and SGD's
+    momentum) is in the state, so another value is the same program."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 7)}
+    grads = {"w": jnp.cos(jnp.arange(7.0))}
+
+    def steps(opt):
+        state, p = opt.init(params), params
+        for _ in range(4):
+            updates, state = jax.jit(opt.update)(grads, state, p)
+            p = optax.apply_updates(p, updates)
+        return p["w"]
+
+    got = steps(make_optimizer(name, lr=0.3, momentum=momentum))
+    np.testing.assert_array_equal(got, steps(plain(0.3)))
+
+    def program(lr):
+        opt = make_optimizer(name, lr=lr, momentum=momentum)
+        return str(jax.make_jaxpr(opt.update)(grads, opt.init(params), params))
+
+    assert program(0.3) == program(0.01)
+    if momentum:
+        other = make_optimizer(name, lr=0.3, momentum=0.5)
+        assert str(jax.make_jaxpr(other.update)(grads, other.init(params),
+                                                params)) == program(0.3)  # fmt: skip

@@ -457,8 +457,8 @@ def test_out_of_memory_names_the_estimated_need(tmp_path, monkeypatch, capsys):
     assert main(["simulate", str(path), "--out", str(tmp_path / "r"), "--quiet"]) == 2
     err = one_line(capsys)
     # MLP 64-16-10: 1210 float32 parameters = 4840 bytes; D-SGD with momentum keeps
-    # params + momentum trace + a scalar loss + the optimizer's step size and
-    # step count (optax.inject_hyperparams) = 9692 bytes per peer, x 4 peers
+    # params + momentum trace + a scalar loss + the optimizer's step size,
+    # momentum and step count (optax.inject_hyperparams) = 9696 bytes per peer
     assert "out of memory" in err
     assert "4 peers x 4,840 parameter bytes x 2.00" in err and "= 37.9 KiB" in err
     assert "peers_per_chunk" in err

@@ -61,14 +61,25 @@ def exponential(
     )
 
 
+def _or(momentum, default):
+    """``momentum or default`` for a number; an array (state) is kept as is."""
+    return momentum if not isinstance(momentum, int | float) or momentum else default
+
+
 @OPTIMIZERS.register("sgd")
 def sgd(learning_rate, momentum: float, nesterov: bool):
-    return optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
+    return optax.sgd(learning_rate, momentum=_or(momentum, None), nesterov=nesterov)
 
 
 @OPTIMIZERS.register("momentum")
 def momentum_sgd(learning_rate, momentum: float, nesterov: bool):
-    return optax.sgd(learning_rate, momentum=momentum or 0.9, nesterov=nesterov)
+    return optax.sgd(learning_rate, momentum=_or(momentum, 0.9), nesterov=nesterov)
+
+
+# optimizers whose momentum can be state: it enters their update as the
+# constant would (g + momentum * trace), so the numbers do not change; Adam's
+# b1 would (1 - b1 in float32 is not the constant's rounding)
+MOMENTUM_AS_STATE = ("sgd", "momentum")
 
 
 @OPTIMIZERS.register("adam")
@@ -106,13 +117,18 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """The local optimizer: clip -> decoupled weight decay -> base(schedule).
 
-    With a constant schedule the step size is an array of the optimizer's
-    state (``optax.inject_hyperparams``), not a constant of the compiled
-    program: runs that differ only in ``lr`` share their compiled chunk (a
-    sweep's learning rates) and can run as replicas of one program.
+    With a constant schedule the step size (and SGD's nonzero momentum) is
+    an array of the optimizer's state (``optax.inject_hyperparams``), not a
+    constant of the compiled program: runs that differ only in them share
+    their compiled chunk (a sweep's learning rates and momenta) and can run
+    as replicas of one program.
     """
     build = OPTIMIZERS.lookup(name, "algorithm.optimizer")
-    if _constant(schedule):
+    if _constant(schedule) and momentum and name in MOMENTUM_AS_STATE:
+        base = optax.inject_hyperparams(
+            lambda learning_rate, momentum: build(learning_rate, momentum, nesterov)
+        )(learning_rate=lr, momentum=momentum)
+    elif _constant(schedule):
         base = optax.inject_hyperparams(
             lambda learning_rate: build(learning_rate, momentum, nesterov)
         )(learning_rate=lr)

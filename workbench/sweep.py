@@ -15,7 +15,7 @@
 Points come from the scenario's ``sweep:`` section and the command line's
 ``--grid``/``--zip``/``--seeds`` (workbench.scenario.sweep). They run in
 this process, in order; consecutive new points that are one compiled program
-(they differ only in their seed or learning rate) run together as replicas
+(they differ only in their seed, learning rate or SGD momentum) run together as replicas
 of one jitted chunk, up to ``execution.replicas`` of them (workbench.replicas),
 with the numbers of separate runs. Rerunning the same sweep continues it: a
 finished point is skipped, an interrupted one resumes from its checkpoint,
@@ -47,7 +47,7 @@ FIGURES = (
     "bytes_sent_total",
     "wall_seconds",
 )
-AUTO_REPLICAS = 16  # execution.replicas: auto, before the memory budget's say
+AUTO_REPLICAS = 32  # execution.replicas: auto, before the memory budget's say
 ENTRY_KEYS = ("name", "module")  # applied first: a new entry resets its section
 
 
@@ -325,12 +325,14 @@ def _batches(sweep: Sweep, statuses: list[Status], progress: bool) -> Iterator:
 
 def _run_order(sweep: Sweep, todo: list[Status]) -> list[Status]:
     """``todo`` with the points that may be one program next to each other:
-    those equal but for their seed and learning rate (in point order)."""
+    those equal but for their seed, learning rate and momentum (in point
+    order; ``workbench.replicas.program`` has the last word)."""
     order: dict[str, list[Status]] = {}
     for s in todo:
         raw = scenario_to_dict(_scenario(sweep, s.point))
         raw.pop("seed", None)
-        raw.get("algorithm", {}).pop("lr", None)
+        for key in ("lr", "momentum"):
+            raw.get("algorithm", {}).pop(key, None)
         order.setdefault(json.dumps(raw, sort_keys=True, default=str), []).append(s)
     return [s for same in order.values() for s in same]
 

@@ -48,8 +48,9 @@ class ExecutionConfig(FrozenModel):
       compilation_cache: a directory for JAX's persistent compilation cache,
         so a repeated run of the same shapes skips compilation.
       replicas: the most runs of a sweep that run as replicas of one jitted
-        chunk (runs that differ only in their seed or learning rate; see
-        workbench.replicas); 1: every run alone. ``auto``: up to 16, fewer
+        chunk (runs that differ only in their seed, learning rate or SGD
+        momentum; see workbench.replicas); 1: every run alone. ``auto``: up
+        to 32, fewer
         when the memory budget needs it. ``workbench simulate`` runs alone.
     """
 
