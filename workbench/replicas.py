@@ -131,9 +131,9 @@ def replica_evaluate(sim: Simulation):
 class Group(NamedTuple):
     """The stacked arrays of S runs and their compiled programs."""
 
-    state: object
-    args: tuple  # (data, topo_data, weights), stacked
-    eval_data: object
+    state: object  # the algorithm's state, leaves (S, n, ...)
+    args: tuple  # (PeerData, topology arrays, weights (S, n)), leaves (S, ...)
+    eval_data: object  # EvalData, leaves (S, ...)
     seeds: jax.Array  # (S,) uint32
     chunk: object  # jitted replica chunk
     evaluate: object  # compiled replica evaluation
