@@ -143,6 +143,9 @@ def test_compilation_cache_is_written_and_reused(tmp_path):
             entries = sorted(p.name for p in cache.iterdir())
             assert entries
     assert sorted(p.name for p in cache.iterdir()) == entries  # all hits
+    first = json.loads(next((tmp_path / "a").rglob("summary.json")).read_text())
     summary = json.loads(next((tmp_path / "b").rglob("summary.json")).read_text())
+    counts = lambda s: (s["compilations"], s["cached_compilations"])  # noqa: E731
+    assert (counts(first), counts(summary)) == ((1, 0), (0, 1))
     # the command line restarted itself with huge pages (workbench.allocator)
     assert summary["environment"]["huge_pages"] == "on"
