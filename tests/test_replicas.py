@@ -12,6 +12,7 @@ import pytest
 
 import workbench.replicas as replicas
 import workbench.runner as runner
+from tests.test_clock_runs import EVENTFUL
 from tests.test_engine import write_scenario
 from workbench.engine import build
 from workbench.errors import RunInterrupted
@@ -196,3 +197,19 @@ def test_step_size_and_momentum_as_state_update_as_constants_do(name, momentum, 
         other = make_optimizer(name, lr=0.3, momentum=0.5)
         assert str(jax.make_jaxpr(other.update)(grads, other.init(params),
                                                 params)) == program(0.3)  # fmt: skip
+
+
+def test_clocked_seeds_with_stragglers_drawn_from_them_are_replicas(tmp_path):
+    # the stragglers are drawn from the seed: state of the clock, not constants
+    path = write_scenario(tmp_path, rounds=4, eval_every=2, peers=8, clock=EVENTFUL)
+    sets = [["seed=1"], ["seed=4"]]
+    group = sims(path, sets)
+    factors = [np.asarray(s.state.clock.factor) for s in group]
+    assert not np.array_equal(*factors)  # different stragglers
+    assert replicas.program(group[0]) == replicas.program(group[1])
+    dirs = [tmp_path / "rep0", tmp_path / "rep1"]
+    replicas.run_replicas(group, dirs, progress=False)
+    alone = tmp_path / "alone"  # the second replica's separate run
+    alone.mkdir()
+    runner.start(build(load_scenario(path, sets[1])), alone, progress=False)
+    assert files(dirs[1]) == files(alone)

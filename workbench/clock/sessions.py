@@ -81,7 +81,6 @@ def make_session_tick(spec, seed: int):
     slots, u = schedule.slots, schedule.uniform
     tau, link = clock.config.tick, clock.config.link
     per_byte = 0.0 if link.bandwidth is None else 1.0 / link.bandwidth
-    slowdown = jnp.asarray(clock.factor, jnp.float32)  # (n,) stragglers
     steps, batch_size = spec.local_steps, spec.batch_size
 
     def transfer(bits):
@@ -134,7 +133,7 @@ def make_session_tick(spec, seed: int):
         carry = (st, op.mean, op.bits)
         (st, mean, bits), _ = jax.lax.scan(one_slot, carry, jnp.arange(slots))
         model_bits = float(uncompressed_bits(take_rows(start, 0)))
-        d = clock.speed.draw(round_key(seed, t, CLOCK), ck.steps) * slowdown
+        d = clock.speed.draw(round_key(seed, t, CLOCK), ck.steps) * ck.factor
         seconds = (
             jnp.max(d[members], axis=1)
             + transfer(SCORE_BITS)

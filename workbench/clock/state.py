@@ -28,6 +28,9 @@ class ClockState(NamedTuple):
     # samples each peer was sent by redistribution (workbench.clock.redistribute)
     moved: jax.Array  # (n, E) int32 flat training indices (E = 0: none)
     moved_n: jax.Array  # (n,) int32 how many of them are real
+    # each peer's straggler multiplier (drawn from the seed: state, not a
+    # constant of the program, so a sweep's seeds are one program)
+    factor: jax.Array = None  # (n,) float32
 
 
 class Ring(NamedTuple):
@@ -68,7 +71,9 @@ class ClockSpec(NamedTuple):
     sample_loss: Any = None
 
 
-def init_clock(n: int, k: int, capacity: int = 0) -> ClockState:
+def init_clock(n: int, k: int, capacity: int = 0, factor=None) -> ClockState:
+    """A clock at time 0; ``factor``: (n,) straggler multipliers (None: 1)."""
+    factor = np.ones(n, np.float32) if factor is None else factor
     return ClockState(
         now=jnp.zeros((n,), jnp.float32),
         ready=jnp.zeros((n,), jnp.float32),
@@ -79,6 +84,7 @@ def init_clock(n: int, k: int, capacity: int = 0) -> ClockState:
         removed=jnp.zeros((n, k), bool),
         moved=jnp.zeros((n, capacity), jnp.int32),
         moved_n=jnp.zeros((n,), jnp.int32),
+        factor=jnp.asarray(factor, jnp.float32),
     )
 
 

@@ -84,7 +84,6 @@ def make_tick(spec, seed: int):
     cfg, link = clock.config, clock.config.link
     m = spec.participants
     kind = EXCHANGES[alg.exchange]
-    slowdown = jnp.asarray(clock.factor, jnp.float32)  # (n,) stragglers
     pairwise = alg.rounds.pairwise
     use_view = alg.uses_topology
     faults = cfg.faults
@@ -185,7 +184,7 @@ def make_tick(spec, seed: int):
         # 2. the cohort's idle live peers start a step
         chosen = sample_peers(round_key(seed, t, PARTICIPATION), n, m)
         busy = jnp.zeros((n,), bool).at[chosen].set(True) & alive
-        d = clock.speed.draw(round_key(seed, t, CLOCK), ck.steps) * slowdown
+        d = clock.speed.draw(round_key(seed, t, CLOCK), ck.steps) * ck.factor
         if alg.exchange == "server" and cfg.mode == "async":
             d = d + clock.upload  # a client's cycle: compute, upload, download
         ready = jnp.where(busy & ((ck.ready <= now) | rejoined), now + d, ck.ready)
@@ -274,6 +273,7 @@ def make_tick(spec, seed: int):
             removed=removed,
             moved=moved,
             moved_n=moved_n,
+            factor=ck.factor,
         )
         if redistribute is not None:  # features and label, 32 bits each
             per_sample = 32 * (math.prod(data[0].shape[2:]) + 1)
@@ -325,7 +325,8 @@ def init_clocked(spec, seed: int, state, data, topo_data) -> Clocked:
     server = None
     if alg.server is not None:
         server = alg.server.init(jax.tree.map(lambda x: x[0], state.params), n)
-    clock_state = init_clock(n, table.idx.shape[1], clock.config.faults.capacity)
+    capacity = clock.config.faults.capacity
+    clock_state = init_clock(n, table.idx.shape[1], capacity, clock.factor)
     sessions = None
     if alg.sessions is not None:
         sessions = init_open(spec, state.params)
