@@ -25,7 +25,10 @@ training, evaluation and compile seconds (their sum is the group's).
 ``program`` says whether two runs are one program: their chunks' jaxprs
 (constants included) are equal, and so are their evaluations' model,
 metrics, strategy and input shapes. Runs with a privacy stage or split over
-devices always run alone.
+devices always run alone. Runs whose peer data differ in shape (a Dirichlet
+partition's largest peer depends on the seed) are different programs: their
+data is not padded to a common size, since redistribution on the clock
+indexes it by its padded width.
 """
 
 from __future__ import annotations
