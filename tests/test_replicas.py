@@ -213,3 +213,20 @@ def test_clocked_seeds_with_stragglers_drawn_from_them_are_replicas(tmp_path):
     alone.mkdir()
     runner.start(build(load_scenario(path, sets[1])), alone, progress=False)
     assert files(dirs[1]) == files(alone)
+
+
+def test_a_sweep_builds_no_more_replicas_than_memory_holds_twice(tmp_path, monkeypatch):
+    import workbench.sweep as sweep_module
+    from workbench.memory import tree_bytes
+    from workbench.planner import Budget
+
+    path = write_scenario(tmp_path, rounds=2, eval_every=2)
+    sim = build(load_scenario(path))
+    per_run = tree_bytes((sim.state, sim.data, sim.eval_data))
+    budget = Budget(5 * per_run, "a test budget", True)  # two runs, twice, fit
+    monkeypatch.setattr(sweep_module, "memory_budget", lambda gib: budget)
+    assert sweep_module.room(sim, 32) == 2 and sweep_module.room(sim, 1) == 1
+    sweep = plan(str(path), [], {}, {}, 3, str(tmp_path / "s"))
+    assert [s.status for s in run_sweep(sweep, progress=False)] == ["done"] * 3
+    rows = read(tmp_path / "s" / "sweep.csv")
+    assert [r["replica_of"] for r in rows] == ["p000", "p000", ""]  # the last alone

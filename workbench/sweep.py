@@ -14,10 +14,11 @@
 
 Points come from the scenario's ``sweep:`` section and the command line's
 ``--grid``/``--zip``/``--seeds`` (workbench.scenario.sweep). They run in
-this process, in order; consecutive new points that are one compiled program
-(they differ only in their seed, learning rate or SGD momentum) run together as replicas
-of one jitted chunk, up to ``execution.replicas`` of them (workbench.replicas),
-with the numbers of separate runs. Rerunning the same sweep continues it: a
+this process; new points that are one compiled program (they differ only in
+their seed, learning rate or SGD momentum) run together as replicas of one
+jitted chunk (workbench.replicas), with the numbers of separate runs: up to
+``execution.replicas`` of them, and no more than the memory budget holds
+twice (as built and as stacked). Rerunning the same sweep continues it: a
 finished point is skipped, an interrupted one resumes from its checkpoint,
 a failed one (diverged, bad data) is retried; a sweep whose points are all
 finished changes no file. The sweep directory is locked while it runs.
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from workbench.errors import RunInterrupted, WorkbenchError
-from workbench.planner import compilation_cache
+from workbench.planner import compilation_cache, memory_budget
 from workbench.results import write_json
 from workbench.rundir import RUN_MARKER, disk_errors, is_finished, run_lock
 from workbench.scenario import load_scenario
@@ -287,6 +288,18 @@ def _replicas(sweep: Sweep) -> int:
     return AUTO_REPLICAS if cap == "auto" else cap
 
 
+def room(sim, cap: int) -> int:
+    """How many runs like ``sim`` a group may hold: at most ``cap``, and (with a
+    memory budget) as many as fit twice, as built and as stacked."""
+    from workbench.memory import tree_bytes
+
+    budget = memory_budget(sim.scenario.execution.memory_budget)
+    if budget is None:
+        return cap
+    per_run = 2 * tree_bytes((sim.state, sim.data, sim.eval_data))
+    return max(1, min(cap, budget.bytes // max(per_run, 1)))
+
+
 def _batches(sweep: Sweep, statuses: list[Status], progress: bool) -> Iterator:
     """Runs the unfinished points, consecutive points of one program together
     as replicas (see workbench.replicas); yields lists of Statuses as they end.
@@ -297,7 +310,7 @@ def _batches(sweep: Sweep, statuses: list[Status], progress: bool) -> Iterator:
     from workbench.engine import build
     from workbench.replicas import program
 
-    cap, group, key = _replicas(sweep), [], None
+    cap, group, key, most = _replicas(sweep), [], None, 1
     yield from ([s] for s in statuses if s.status == "done")
     todo = [s for s in statuses if s.status != "done"]
     for s in _run_order(sweep, todo) if cap > 1 else todo:
@@ -311,9 +324,11 @@ def _batches(sweep: Sweep, statuses: list[Status], progress: bool) -> Iterator:
         except WorkbenchError as e:
             yield [Status(s.point, s.run_dir, f"failed: {e}", None)]
             continue
-        if group and (prog is None or prog != key or len(group) == cap):
+        if group and (prog is None or prog != key or len(group) == most):
             yield _run_group(group, progress)
             group = []
+        if not group:  # the runs built for a group must fit in memory
+            most = room(sim, cap)
         group.append((s, sim))
         key = prog
         if prog is None:  # runs alone
