@@ -124,14 +124,12 @@ def make_optimizer(
     as replicas of one program.
     """
     build = OPTIMIZERS.lookup(name, "algorithm.optimizer")
-    if _constant(schedule) and momentum and name in MOMENTUM_AS_STATE:
+    if _constant(schedule):
+        state_momentum = bool(momentum) and name in MOMENTUM_AS_STATE
         base = optax.inject_hyperparams(
-            lambda learning_rate, momentum: build(learning_rate, momentum, nesterov)
+            lambda learning_rate, momentum: build(learning_rate, momentum, nesterov),
+            static_args=() if state_momentum else ("momentum",),
         )(learning_rate=lr, momentum=momentum)
-    elif _constant(schedule):
-        base = optax.inject_hyperparams(
-            lambda learning_rate: build(learning_rate, momentum, nesterov)
-        )(learning_rate=lr)
     else:
         lr_fn = learning_rate(lr, schedule=schedule, total_steps=total_steps)
         base = build(lr_fn, momentum, nesterov)

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.algorithms.base import take_rows
 from workbench.engine import Simulation
 from workbench.errors import DivergenceError, RunInterrupted, WorkbenchError
 from workbench.planner import Footprint, footprint, memory_budget, peak_memory
@@ -51,6 +52,7 @@ from workbench.progress import RunProgress
 from workbench.rounds import chunk_body
 from workbench.rundir import disk_errors, run_lock
 from workbench.runner import RunLog, Timer, aot, mark
+from workbench.tuning import Tuning
 
 
 class Program(NamedTuple):
@@ -102,11 +104,6 @@ def program(sim: Simulation) -> Program | None:
 def stack(trees):
     """Trees of equal structure -> one tree, leaves with a leading replica axis."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def take(tree, i: int):
-    """Replica ``i`` of a stacked tree."""
-    return jax.tree.map(lambda x: x[i], tree)
 
 
 def replica_chunk(sim: Simulation):
@@ -170,10 +167,10 @@ def compile_group(sims: list[Simulation], bar: RunProgress, timer: Timer):
 
 
 def _execution(sim: Simulation, runs: int, i: int, first: Path) -> dict:
-    kind, k = sim.strategy
+    """A single run's execution record (replicas do not tune), plus the group."""
     by = "scenario" if sim.scenario.execution.strategy != "auto" else "default"
-    return {"strategy": kind, "peers_per_chunk": k, "chosen_by": by,
-            "replicas": runs, "replica": i, "replica_of": first.name}  # fmt: skip
+    group = {"replicas": runs, "replica": i, "replica_of": first.name}
+    return {**Tuning(sim.strategy, by).to_dict(), **group}
 
 
 def run_replicas(
@@ -218,7 +215,7 @@ def run_replicas(
         if failed[i] is not None:
             out.append(failed[i])
             continue
-        sim = dataclasses.replace(log.sim, state=take(state, i))
+        sim = dataclasses.replace(log.sim, state=take_rows(state, i))
         execution = _execution(sim, n, i, run_dirs[0])
         execution["group_wall_seconds"] = wall
         mine = share._replace(compilations=timer.compilations,
@@ -268,6 +265,6 @@ def _record(log: RunLog, state, traffic, values, finite, i: int, length: int):
         log.check(finite[i], length)
     except DivergenceError as e:
         return str(e)
-    state = None if state is None else take(state, i)
-    log.record(state, take(traffic, i), None, take(values, i), length)
+    state = None if state is None else take_rows(state, i)
+    log.record(state, take_rows(traffic, i), None, take_rows(values, i), length)
     return None
