@@ -230,3 +230,10 @@ def test_a_sweep_builds_no_more_replicas_than_memory_holds_twice(tmp_path, monke
     assert [s.status for s in run_sweep(sweep, progress=False)] == ["done"] * 3
     rows = read(tmp_path / "s" / "sweep.csv")
     assert [r["replica_of"] for r in rows] == ["p000", "p000", ""]  # the last alone
+
+
+def test_each_replica_reports_its_share_of_the_groups_times():
+    group = runner.Timer(compile=6.0, train=4.0, eval=2.0, compilations=3, cached=1)
+    first, other = replicas.share(group, 2, 0), replicas.share(group, 2, 1)
+    assert first == runner.Timer(3.0, 2.0, 1.0, compilations=3, cached=1)
+    assert other == runner.Timer(3.0, 2.0, 1.0, compilations=0, cached=0)

@@ -206,9 +206,6 @@ def run_replicas(
             for log in logs:
                 log.close()
     memory = {**group.footprint.to_dict(), **peak_memory()}
-    # each run reports its share of the group's times (summed over the runs:
-    # the group's); the first also counts the group's compilations
-    share = Timer(timer.compile / n, timer.train / n, timer.eval / n)
     wall = time.perf_counter() - started
     out: list[dict | str] = []
     for i, log in enumerate(logs):
@@ -218,10 +215,18 @@ def run_replicas(
         sim = dataclasses.replace(log.sim, state=take_rows(state, i))
         execution = _execution(sim, n, i, run_dirs[0])
         execution["group_wall_seconds"] = wall
-        mine = share._replace(compilations=timer.compilations,
-                              cached=timer.cached) if i == 0 else share  # fmt: skip
-        out.append(log.finish(sim, sim.state, mine, execution, memory, wall / n))
+        out.append(log.finish(sim, sim.state, share(timer, n, i), execution,
+                              memory, wall / n))  # fmt: skip
     return out
+
+
+def share(timer: Timer, runs: int, i: int) -> Timer:
+    """Replica ``i``'s share of the group's times (summed over the runs: the
+    group's); the first also counts the group's compilations."""
+    part = Timer(timer.compile / runs, timer.train / runs, timer.eval / runs)
+    if i > 0:
+        return part
+    return part._replace(compilations=timer.compilations, cached=timer.cached)
 
 
 def _run(group: Group, first, logs: list[RunLog], bar: RunProgress, timer: Timer):
