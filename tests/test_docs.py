@@ -1,5 +1,6 @@
 """The documentation says what the code does: README commands, layout, references."""
 
+import os
 import re
 import shlex
 import subprocess
@@ -12,10 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
-def _pytest(*args: str) -> subprocess.CompletedProcess:
+def _pytest(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider"],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -71,6 +73,17 @@ def test_readme_benchmark_command_collects_the_benchmarks():
     assert any("::test_local_step[" in i for i in engine)
     assert any("::test_mix[" in i for i in mixing)
     assert "tests/benchmarks/bench_mixing.py::test_summary" in mixing
+
+
+def test_benchmarks_measure_the_code_users_run():
+    """The suite compiles at LLVM -O0 to save time; benchmarks must not."""
+    (command,) = re.findall(r"`(python -m pytest tests/benchmarks[^`]*)`", README)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = _pytest(*shlex.split(command)[3:], "--collect-only", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "XLA_FLAGS: (none)" in result.stdout.splitlines()
+    own = _pytest("tests/test_docs.py", "-o", "addopts=", "--collect-only", env=env)
+    assert "XLA_FLAGS: --xla_backend_optimization_level=0" in own.stdout.splitlines()
 
 
 def test_default_run_leaves_the_benchmarks_out():
