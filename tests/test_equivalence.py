@@ -171,3 +171,47 @@ def test_fedavg_client_fraction_uses_only_sampled_clients():
         x = np.asarray(state.params)
         assert np.allclose(x, x[0])
         assert np.any(np.isclose(x[0], 0.1 * A * B))
+
+
+def _local_step(n: int):
+    """D-SGD's local step (ATC: the outbox is the new parameters) on n peers."""
+    model, params, data = mlp_problem(n)
+    alg = dsgd(make_loss(model.apply), optax.sgd(0.1))
+    stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n,) + p.shape), params)
+    state = jax.vmap(alg.init)(stacked, jax.random.split(jax.random.key(1), n))
+    batches = jax.vmap(
+        lambda x, y, s: sample_batches(jax.random.key(2), x, y, s, 1, 4)
+    )(*data)
+    return lambda s, b: alg.local(s, b, None, None), state, batches
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_map_writes_the_new_state_over_the_old_one(k):
+    n = 8
+    local, state, batches = _local_step(n)
+    want = jax.vmap(local)(state, batches)
+    in_place = jax.jit(lift(local, "map", k), donate_argnums=0)
+    stacked = jax.jit(  # lax.map: a second stacked state, and a third for the outbox
+        lambda *a: jax.lax.map(lambda b: local(*b), a, batch_size=k), donate_argnums=0
+    )
+    temp = {}
+    for name, fn in (("in place", in_place), ("stacked", stacked)):
+        compiled = fn.lower(state, batches).compile()
+        temp[name] = compiled.memory_analysis().temp_size_in_bytes
+        got = compiled(jax.tree.map(jnp.copy, state), batches)
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(
+                np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7
+            )
+    params = sum(p.nbytes for p in jax.tree.leaves(want[1]))
+    assert temp["in place"] + params <= temp["stacked"]
+
+
+def test_map_of_a_function_that_does_not_return_its_state():
+    n = 8
+    local, state, batches = _local_step(n)
+    loss = lambda s, b: local(s, b)[0].loss  # noqa: E731  (n,) not state-shaped
+    for k in (1, 3):
+        got = jax.jit(lift(loss, "map", k))(state, batches)
+        np.testing.assert_allclose(got, jax.vmap(loss)(state, batches), rtol=1e-6)

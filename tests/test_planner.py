@@ -28,7 +28,8 @@ BIGGER = {
 def footprints(changes, strategies=None) -> dict:
     sim = build(parse_scenario({**TINY, **changes}))
     out = {}
-    for strategy in strategies or candidates(sim.scenario.peers):
+    every = [("vmap", None), *candidates(sim.scenario.peers)]
+    for strategy in strategies or every:
         other = sim.with_strategy(strategy)
         args = (sim.data, sim.topology.data, sim.weights)
         ev = other.evaluate.lower(sim.state.params, sim.eval_data).compile()
@@ -37,15 +38,12 @@ def footprints(changes, strategies=None) -> dict:
     return out
 
 
-def test_candidates_halve_the_chunk():
-    assert candidates(16) == [
-        ("vmap", None),
-        ("map", 8),
-        ("map", 4),
-        ("map", 2),
-        ("map", 1),
-    ]
-    assert candidates(1) == [("vmap", None)]
+def test_candidates_halve_the_chunk_below_the_start():
+    assert candidates(16) == [("map", 8), ("map", 4), ("map", 2), ("map", 1)]
+    assert candidates(16, ("unroll", 4)) == candidates(16)
+    assert candidates(16, ("map", 4)) == [("map", 2), ("map", 1)]
+    assert candidates(16, ("map", 1)) == []
+    assert candidates(1) == []
 
 
 def test_summary_reports_the_estimate_and_a_plausible_peak(tmp_path):

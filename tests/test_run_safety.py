@@ -295,6 +295,8 @@ def test_checkpoint_records_the_scenario_and_its_digest(finished):
 
     record = msgpack.unpackb(ckpt.path.read_bytes())
     assert record["payload_sha256"] == hashlib.sha256(record["payload"]).hexdigest()
+    # written field by field, the file is still the msgpack of its record
+    assert ckpt.path.read_bytes() == msgpack.packb(record, use_bin_type=True)
 
 
 def test_restore_checks_shapes_and_dtypes(finished):
@@ -483,3 +485,20 @@ def test_a_checkpoint_from_before_checksums_is_named_not_set_aside(
     assert {k: v for k, v in after.items() if k != ".lock"} == {
         k: v for k, v in before.items() if k != ".lock"
     }
+
+
+def test_large_arrays_are_saved_in_chunks_and_restore_exactly(tmp_path, monkeypatch):
+    import flax.serialization
+
+    from workbench import checkpoint
+
+    monkeypatch.setattr(checkpoint, "CHUNK_BYTES", 1024)
+    tree = {"w": np.arange(1000, dtype=np.float32).reshape(10, 100), "b": np.ones(3)}
+    path = checkpoint.save_checkpoint(tmp_path, 1, tree, {"a": 1})
+    payload = read_checkpoint(path).payload
+    assert payload.count(b"__msgpack_chunked_array__") == 1  # w (4000 bytes)
+    zeros = jax.tree.map(np.zeros_like, tree)
+    back = flax.serialization.from_bytes(zeros, payload)
+    np.testing.assert_array_equal(back["w"], tree["w"])
+    np.testing.assert_array_equal(back["b"], tree["b"])
+    assert flax.serialization.MAX_CHUNK_SIZE == 2**30  # flax's own, put back

@@ -1,12 +1,23 @@
-"""``strategy: auto`` by timing: candidates, when tuning pays, the pick, the run."""
+"""``strategy: auto``: the cost model, and timing (candidates, when tuning pays,
+the pick, the run)."""
 
 import json
 
+import jax
 import pytest
 
 from tests.test_engine import TINY, rows, write_scenario
 from tests.test_run_safety import cut_run
-from workbench import planner, runner, tuning
+from workbench import execution, planner, runner, tuning
+from workbench.execution import (
+    ACTIVATION_RATIO,
+    ACTIVATION_TRAFFIC,
+    StepCost,
+    default_strategy,
+    peer_step_cost,
+)
+from workbench.models import build_model, init_params
+from workbench.objective import make_loss
 from workbench.planner import (
     DEVICE_SHARE,
     GIB,
@@ -170,3 +181,56 @@ def test_no_tuning_without_a_chunk_left_for_the_winner(tmp_path, monkeypatch):
     assert summary["execution"]["chosen_by"] == "default"
     assert len(summary["execution"]["trials"]) == 1
     assert programs(summary) == 1
+
+
+def test_cost_model_runs_activation_heavy_steps_peer_by_peer_on_a_cpu():
+    at = ACTIVATION_TRAFFIC
+    heavy = StepCost(traffic=at, params=at // ACTIVATION_RATIO)
+    assert default_strategy("cpu", 16, heavy) == MAP1
+    assert default_strategy("gpu", 16, heavy) == VMAP  # an accelerator: vmap
+    assert default_strategy("cpu", 1, heavy) == VMAP
+    assert default_strategy("cpu", 16, None) == VMAP
+    little = StepCost(traffic=at - 1, params=1)  # fits the caches
+    weights = heavy._replace(params=heavy.params + 1)  # mostly weight traffic
+    assert default_strategy("cpu", 16, little) == VMAP
+    assert default_strategy("cpu", 16, weights) == VMAP
+
+
+def _step_cost(model: dict, shape, classes: int) -> StepCost:
+    net = build_model(model, classes, shape)
+    params = init_params(net, shape, jax.random.key(0))
+    loss = make_loss(lambda p, x: net.apply({"params": p}, x))
+    return peer_step_cost(loss, params, shape, 32)
+
+
+def test_step_cost_tells_the_femnist_cnn_from_an_mlp():
+    cnn = _step_cost({"name": "cnn"}, (28, 28, 1), 62)
+    mlp = _step_cost({"name": "mlp", "hidden": [2048, 2048]}, (28, 28, 1), 10)
+    assert cnn.params == 4 * 1_690_046  # the FEMNIST CNN's parameters, float32
+    assert mlp.params == 4 * (785 * 2048 + 2049 * 2048 + 2049 * 10)
+    assert cnn.activation_heavy and not mlp.activation_heavy
+    # XLA's traffic of the CNN's gradient: at least its patches (32 examples x
+    # 14 x 14 positions x 5 x 5 x 32 inputs, float32) written and read
+    assert cnn.traffic > 2 * 32 * 14 * 14 * 800 * 4
+
+
+def test_a_cost_model_choice_is_kept_without_trials(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuning, "COMPILE_SHARE", 1e9)  # timing would pay
+    monkeypatch.setattr(execution, "ACTIVATION_TRAFFIC", 0)  # every step heavy
+    monkeypatch.setattr(execution, "ACTIVATION_RATIO", 0)
+    path = write_scenario(tmp_path, **LONG)
+    out = tmp_path / "heavy"
+    summary = runner.run(str(path), [], out=str(out), progress=False).summary
+    assert summary["execution"] == {
+        "strategy": "map",
+        "peers_per_chunk": 1,
+        "chosen_by": "cost model",
+        "trials": [],
+    }
+    pinned = write_scenario(tmp_path, **LONG, execution={"strategy": "vmap"})
+    runner.run(str(pinned), [], out=str(tmp_path / "vmap"), progress=False)
+    for a, b in zip(
+        rows(out / "metrics.csv"), rows(tmp_path / "vmap" / "metrics.csv"), strict=True
+    ):
+        for key in ("test_acc_mean", "test_loss_mean", "consensus_distance"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5, abs=1e-7)

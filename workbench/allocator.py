@@ -20,6 +20,7 @@ the user set it (``glibc.malloc.hugetlb=0`` turns this off).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import sys
@@ -58,3 +59,15 @@ def reexec_with_huge_pages() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, env)
+
+
+def release_free_memory() -> None:
+    """Gives the free pages of glibc's heap back to the system (``malloc_trim``).
+
+    Loading a dataset leaves its parse behind as free heap the process keeps:
+    LEAF's JSON for 16 FEMNIST peers (24.6k samples) left 190 MiB of 420 MiB
+    resident. Compiling a FEMNIST CNN chunk left another 120 MiB. Nothing
+    changes where libc is not glibc.
+    """
+    if platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

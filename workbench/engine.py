@@ -24,7 +24,7 @@ from workbench.comm.messages import plain
 from workbench.data import load_federated
 from workbench.errors import ScenarioError
 from workbench.evaluation import make_evaluate
-from workbench.execution import default_strategy, lift
+from workbench.execution import default_strategy, lift, peer_step_cost
 from workbench.memory import StateEstimate, out_of_memory_guard, tree_bytes
 from workbench.models import build_model, init_params, num_params
 from workbench.objective import make_loss
@@ -58,7 +58,7 @@ from workbench.sharding import (
 )
 from workbench.topology import build_topology
 
-EVAL_BATCH = 128
+EVAL_BATCH = 32
 EVAL_TRAIN_PER_PEER = 512
 # Evaluation lifts at most this many peers at once (lax.map over chunks), so its
 # activations stay bounded whatever n: for the CNN on digits at n = 16 this cut
@@ -82,6 +82,7 @@ class Simulation:
     weights: jax.Array  # (n,) server aggregation weights (the algorithm's weighting)
     num_params: int
     strategy: tuple[str, int | None]
+    chosen_by: str  # what chose ``strategy``: scenario, default or cost model
     estimate: StateEstimate  # memory the stacked state needs
     runtime: Any  # strategy -> (RoundSpec, chunk, evaluate) for that strategy
     attacker: Attacker | None = None  # the privacy stage (a privacy: section)
@@ -115,10 +116,15 @@ def eval_lift(strategy: tuple[str, int | None], mesh=None):
     return lifter if mesh is None else per_device(lifter, mesh)
 
 
-def resolve_strategy(execution, num_peers: int) -> tuple[str, int | None]:
-    if execution.strategy == "auto":
-        return default_strategy(jax.default_backend(), num_peers)
-    return execution.strategy, execution.peers_per_chunk
+def resolve_strategy(execution, num_peers: int, step_cost) -> tuple[tuple, str]:
+    """The strategy a run starts with, and what chose it: ``scenario``,
+    ``default`` or ``cost model`` (``step_cost()``: one peer's gradient)."""
+    if execution.strategy != "auto":
+        return (execution.strategy, execution.peers_per_chunk), "scenario"
+    backend = jax.default_backend()
+    cost = step_cost() if backend == "cpu" and num_peers > 1 else None
+    strategy = default_strategy(backend, num_peers, cost)
+    return strategy, "default" if strategy == ("vmap", None) else "cost model"
 
 
 def build(scenario, data_dir: str | None = None) -> Simulation:
@@ -176,12 +182,19 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
             return spec, make_chunk(spec, sc.seed), evaluate
         return spec, jit_chunk(chunk_body(spec, sc.seed), mesh), evaluate
 
-    strategy = resolve_strategy(sc.execution, n)
+    params = init_params(model, fed.input_shape, root_key(sc.seed))
+    step_cost = functools.partial(
+        peer_step_cost,
+        make_loss(apply_fn, l2),
+        params,
+        fed.input_shape,
+        sc.data.batch_size,
+    )
+    strategy, chosen_by = resolve_strategy(sc.execution, n, step_cost)
     spec, chunk, evaluate = runtime(strategy)
     clocked = sc.clock is not None or needs_clock(algorithm)
     if clocked:
         check_clocked(sc, devices, name)
-    params = init_params(model, fed.input_shape, root_key(sc.seed))
     keys = jax.random.split(root_key(sc.seed + 1), n)
     init = jax.jit(functools.partial(init_state, spec, sc.seed))
     stacked = jax.tree.map(
@@ -254,6 +267,7 @@ def build(scenario, data_dir: str | None = None) -> Simulation:
         weights=weights,
         num_params=num_params(params),
         strategy=strategy,
+        chosen_by=chosen_by,
         estimate=estimate,
         runtime=runtime,
         attacker=attacker,

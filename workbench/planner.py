@@ -139,12 +139,18 @@ def footprint(chunk, evaluate, strategy) -> Footprint:
     )
 
 
-def candidates(num_peers: int) -> list[tuple[str, int | None]]:
-    """Strategies from least to most chunked: vmap, then map over n/2, n/4, ..., 1."""
-    out: list[tuple[str, int | None]] = [("vmap", None)]
+def candidates(
+    num_peers: int, start: tuple[str, int | None] = ("vmap", None)
+) -> list[tuple[str, int | None]]:
+    """``map`` over n/2, n/4, ..., 1 peers: those with fewer peers per chunk
+    than ``start`` (full vmap and ``unroll`` hold all n peers' activations)."""
+    kind, k = start
+    most = k if kind == "map" else num_peers
+    out: list[tuple[str, int | None]] = []
     k = num_peers // 2
     while k >= 1:
-        out.append(("map", k))
+        if k < most:
+            out.append(("map", k))
         k //= 2
     return out
 
@@ -171,7 +177,7 @@ def fit(
         return first
     tried = first
     if auto:
-        for option in candidates(num_peers)[1:]:
+        for option in candidates(num_peers, strategy):
             tried = compile_for(option)
             if tried.peak <= budget.bytes:
                 return tried

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.algorithms.base import take_rows
+from workbench.allocator import release_free_memory
 from workbench.engine import Simulation
 from workbench.errors import DivergenceError, RunInterrupted, WorkbenchError
 from workbench.planner import Footprint, footprint, memory_budget, peak_memory
@@ -168,9 +169,8 @@ def compile_group(sims: list[Simulation], bar: RunProgress, timer: Timer):
 
 def _execution(sim: Simulation, runs: int, i: int, first: Path) -> dict:
     """A single run's execution record (replicas do not tune), plus the group."""
-    by = "scenario" if sim.scenario.execution.strategy != "auto" else "default"
     group = {"replicas": runs, "replica": i, "replica_of": first.name}
-    return {**Tuning(sim.strategy, by).to_dict(), **group}
+    return {**Tuning(sim.strategy, sim.chosen_by).to_dict(), **group}
 
 
 def run_replicas(
@@ -183,6 +183,7 @@ def run_replicas(
     sc, n, started = sims[0].scenario, len(sims), time.perf_counter()
     with RunProgress(sc.rounds, 0, progress, console) as bar, ExitStack() as locks:
         group, timer, first = compile_group(sims, bar, Timer())
+        release_free_memory()  # what loading the data and compiling left
         for i, (sim, run_dir) in enumerate(zip(sims, run_dirs, strict=True)):
             with disk_errors(run_dir):
                 run_dir.mkdir(parents=True, exist_ok=True)

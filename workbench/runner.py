@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import workbench
-from workbench.allocator import huge_pages_state
+from workbench.allocator import huge_pages_state, release_free_memory
 from workbench.checkpoint import (
     Checkpoint,
     changed_keys,
@@ -304,12 +304,14 @@ def simulate(
     use_compilation_cache(sc.execution.compilation_cache)
     log = RunLog(sim, run_dir, checkpoint)
     state = log.state
+    release_free_memory()  # what loading the data left
     try:
         with (
             RunProgress(sc.rounds, log.start, progress, console) as bar,
             out_of_memory_guard(sim.estimate),
         ):
             plan, tuning = _plan(sim, state, log.start, bar, run_dir)
+            release_free_memory()  # what compiling left
             args = (sim.data, sim.topology.data, sim.weights)
             while log.totals.round < sc.rounds:
                 r = log.totals.round
@@ -445,8 +447,10 @@ def _plan(sim: Simulation, state, round_: int, bar: RunProgress, run_dir: Path):
         return plan, resumed
     if not auto:
         return plan, Tuning(fp.strategy, "scenario")
-    by = "default" if fp.strategy == sim.strategy else "memory budget"
-    return plan, Tuning(fp.strategy, by, open=True)
+    if fp.strategy != sim.strategy:
+        return plan, Tuning(fp.strategy, "memory budget", open=True)
+    # the cost model's choice is kept: timing full vmap would need its memory
+    return plan, Tuning(fp.strategy, sim.chosen_by, open=sim.chosen_by == "default")
 
 
 def _saved_choice(run_dir: Path) -> Tuning | None:

@@ -2,17 +2,20 @@
 
 The run's own first chunks of rounds are the trials, so nothing is computed
 twice: chunk 0 runs the default (full vmap, or the chunking the memory budget
-forced). If timing the other candidates pays (:func:`worth_tuning`: their
-compilations cost at most a tenth of the training time still to come, and
-chunks remain for the winner), each following chunk runs the next candidate;
-the fastest per round runs the rest of the run (within 5% of the fastest, the
-one that needs the least memory). Every candidate computes the same numbers up
-to float rounding (tests/test_equivalence.py runs each), and the choice is
-saved in the run directory (``execution.json``) so a resumed run keeps it; set
-the strategy in the scenario to pin it.
+forced). A heavy peer step on a CPU is not tuned: the cost model of
+:func:`workbench.execution.default_strategy` runs its peers one at a time. If
+timing the other candidates pays (:func:`worth_tuning`: their compilations
+cost at most a tenth of the training time still to come, and chunks remain for
+the winner), each following chunk runs the next candidate; the fastest per
+round runs the rest of the run (within 5% of the fastest, the one that needs
+the least memory). Every candidate computes the same numbers up to float
+rounding (tests/test_equivalence.py runs each), and the choice is saved in the
+run directory (``execution.json``) so a resumed run keeps it; set the strategy
+in the scenario to pin it.
 
 Short runs (the quickstart: 0.15 s of training against 2 s per compilation)
-never tune; long runs of large models (CNNs, many peers) do.
+never tune; long runs of light steps with many peers, and long runs on an
+accelerator, do.
 """
 
 from __future__ import annotations
@@ -92,8 +95,9 @@ class Tuning:
     """Which strategy runs the next chunk, and how the run's strategy was chosen.
 
     ``chosen_by``: ``scenario`` (pinned there), ``default`` (auto, tuning did
-    not pay), ``memory budget`` (auto, the default did not fit) or ``timing``
-    (the fastest trial).
+    not pay), ``cost model`` (auto, a heavy peer step on a CPU: one peer at a
+    time, see workbench.execution.default_strategy), ``memory budget`` (auto,
+    the start did not fit) or ``timing`` (the fastest trial).
     """
 
     strategy: Strategy  # the run's strategy once chosen; the default until then
