@@ -17,7 +17,7 @@ import tempfile
 
 import jax
 
-from workbench.allocator import reexec_with_huge_pages
+from workbench.allocator import needs_restart, reexec_with_huge_pages
 
 # LLVM's -O0 for XLA's CPU code: about a fifth less compile time than -O1
 # here, and the suite is mostly compilation (XLA's own passes are unchanged).
@@ -46,11 +46,12 @@ def pytest_configure(config):
     if flags is not None:
         os.environ["XLA_FLAGS"] = flags
     capture = config.pluginmanager.getplugin("capturemanager")
-    if capture is not None:
-        capture.stop_global_capturing()
-    reexec_with_huge_pages()
-    if capture is not None:
-        capture.start_global_capturing()
+    if needs_restart():  # the restarted process leaves capture alone: with
+        if capture is not None:  # xdist, a capture stopped and started again
+            capture.stop_global_capturing()  # closed the file that -x's report
+        reexec_with_huge_pages()  # was written to at exit
+        if capture is not None:
+            capture.start_global_capturing()
     if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker: the controller's cache
         cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
     else:

@@ -206,3 +206,16 @@ def test_readme_commands_use_existing_subcommands_and_options(capsys):
         usage = _help(words, capsys)
         for option in (w.strip("[]") for w in words if w.lstrip("[").startswith("--")):
             assert re.search(rf"(^|\s){re.escape(option)}\b", usage, re.M), option
+
+
+def test_a_failing_run_stopped_by_x_still_reports(tmp_path):
+    """The huge-page restart leaves pytest's capture alone once restarted: a
+    capture stopped and started again made xdist's ``-x`` report crash on a
+    closed file, hiding which test failed."""
+    (tmp_path / "test_fails.py").write_text("def test_one():\n    assert 1 == 2\n")
+    config = ("-c", str(REPO / "pyproject.toml"), "-p", "tests.conftest")  # -n 2
+    result = _pytest(str(tmp_path / "test_fails.py"), "-x", *config)
+    assert "closed file" not in result.stderr, result.stderr
+    assert result.returncode == 2  # xdist: interrupted after the first failure
+    assert "FAILED ::test_one - assert 1 == 2" in result.stdout
+    assert "1 failed in" in result.stdout

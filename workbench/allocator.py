@@ -46,16 +46,21 @@ def huge_pages_state(env: dict[str, str] | None = None) -> str:
     return "on" if HUGE_PAGES in current.split(":") else "off"
 
 
+def needs_restart() -> bool:
+    """Whether :func:`reexec_with_huge_pages` would restart this process."""
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    return tuned_environment(dict(os.environ)) is not None
+
+
 def reexec_with_huge_pages() -> None:
     """Replaces this process by itself with the tunable set (glibc Linux only).
 
     Returns only when nothing needs to change (or on another platform).
     """
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    if not needs_restart():
         return
     env = tuned_environment(dict(os.environ))
-    if env is None:
-        return
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, env)
