@@ -212,10 +212,11 @@ def test_a_failing_run_stopped_by_x_still_reports(tmp_path):
     """The huge-page restart leaves pytest's capture alone once restarted: a
     capture stopped and started again made xdist's ``-x`` report crash on a
     closed file, hiding which test failed."""
-    (tmp_path / "test_fails.py").write_text("def test_one():\n    assert 1 == 2\n")
+    failing = "def test_one():\n    raise RuntimeError('the failure to report')\n"
+    (tmp_path / "test_fails.py").write_text(failing)
     config = ("-c", str(REPO / "pyproject.toml"), "-p", "tests.conftest")  # -n 2
     result = _pytest(str(tmp_path / "test_fails.py"), "-x", *config)
     assert "closed file" not in result.stderr, result.stderr
     assert result.returncode == 2  # xdist: interrupted after the first failure
-    assert "FAILED ::test_one - assert 1 == 2" in result.stdout
+    assert "FAILED ::test_one - RuntimeError: the failure to report" in result.stdout
     assert "1 failed in" in result.stdout

@@ -502,3 +502,18 @@ def test_large_arrays_are_saved_in_chunks_and_restore_exactly(tmp_path, monkeypa
     np.testing.assert_array_equal(back["w"], tree["w"])
     np.testing.assert_array_equal(back["b"], tree["b"])
     assert flax.serialization.MAX_CHUNK_SIZE == 2**30  # flax's own, put back
+
+
+@pytest.mark.parametrize("size", [0, 255, 256, 65535, 65536])
+def test_a_record_is_written_as_msgpack_packs_it(size):
+    import msgpack
+
+    from workbench.checkpoint import _write_map
+
+    record = {
+        "round": 3,
+        "payload": bytes(range(256)) * (size // 256) + b"x" * (size % 256),
+    }
+    f = io.BytesIO()
+    _write_map(f, record)
+    assert f.getvalue() == msgpack.packb(record, use_bin_type=True)

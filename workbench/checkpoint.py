@@ -80,6 +80,14 @@ def _serialize(tree) -> bytes:
         return flax.serialization.to_bytes(host)
 
 
+def _bin_header(size: int) -> bytes:
+    """msgpack's header of a ``bytes`` value: the smallest of bin 8, 16, 32."""
+    for code, width in ((0xC4, "B"), (0xC5, "H"), (0xC6, "I")):
+        if size < 2 ** (8 * struct.calcsize(width)):
+            return struct.pack(f">B{width}", code, size)
+    raise ValueError(f"msgpack cannot hold {size} bytes in one value")
+
+
 def _write_map(f, record: dict) -> None:
     """``msgpack.packb(record)``'s bytes, written field by field: a large
     ``bytes`` value goes to the file as it is, not copied into one buffer
@@ -89,15 +97,7 @@ def _write_map(f, record: dict) -> None:
     for key, value in record.items():
         f.write(packer.pack(key))
         if isinstance(value, bytes):  # msgpack's bin 8/16/32 header, then the bytes
-            size = len(value)
-            kind = (
-                (0xC4, "B")
-                if size < 2**8
-                else (0xC5, ">H")
-                if size < 2**16
-                else (0xC6, ">I")
-            )
-            f.write(bytes([kind[0]]) + struct.pack(kind[1], size))
+            f.write(_bin_header(len(value)))
             f.write(value)
         else:
             f.write(packer.pack(value))

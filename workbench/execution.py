@@ -62,8 +62,9 @@ def _in_place(fn: Callable, k: int, args):
 
     def chunk(state, start, size):
         sl = lambda a: jax.lax.dynamic_slice_in_dim(a, start, size)  # noqa: E731
-        out = vfn(jax.tree.map(sl, state), *jax.tree.map(sl, rest))
-        new, others, whole = _split(out, jax.tree.map(sl, state))
+        old = jax.tree.map(sl, state)
+        out = vfn(old, *jax.tree.map(sl, rest))
+        new, others, whole = _split(out, old)
         put = lambda a, u: jax.lax.dynamic_update_slice_in_dim(a, u, start, 0)  # noqa: E731
         ids = {id(leaf): i for i, leaf in enumerate(jax.tree.leaves(new))}
         leaves, tree = jax.tree.flatten(others)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from workbench.errors import RunInterrupted, WorkbenchError
+from workbench.memory import tree_bytes
 from workbench.planner import compilation_cache, memory_budget
 from workbench.results import write_json
 from workbench.rundir import RUN_MARKER, disk_errors, is_finished, run_lock
@@ -291,8 +292,6 @@ def _replicas(sweep: Sweep) -> int:
 def room(sim, cap: int) -> int:
     """How many runs like ``sim`` a group may hold: at most ``cap``, and (with a
     memory budget) as many as fit twice, as built and as stacked."""
-    from workbench.memory import tree_bytes
-
     budget = memory_budget(sim.scenario.execution.memory_budget)
     if budget is None:
         return cap
